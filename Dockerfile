@@ -1,0 +1,25 @@
+# The challenge container: `docker container run ... <name>:latest /bin/bash -c "sh predict.sh"`.
+# Build the CPU image (default) or a CUDA one:
+#   docker build -t segfm3d .
+#   docker build -t segfm3d --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 .
+FROM python:3.13-slim-bookworm
+
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+WORKDIR /workspace
+
+COPY requirements.txt requirements-nodeps.txt ./
+RUN pip install --index-url "${TORCH_INDEX}" torch==2.13.0 \
+ && pip install -r requirements.txt \
+ && pip install --no-deps -r requirements-nodeps.txt
+
+COPY inference/ ./inference/
+COPY weights/ ./weights/
+COPY predict.sh ./predict.sh
+RUN chmod 755 predict.sh && python -c "import inference.predictor, dynamic_network_architectures"
+
+CMD ["/bin/bash", "-c", "sh predict.sh"]

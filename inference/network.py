@@ -1,0 +1,256 @@
+"""The promptable network: profiles, building, and self-describing checkpoints.
+
+The network is `ResidualEncoderUNet` from `dynamic-network-architectures` with nnInteractive's
+8-channel input layout (see `CHANNELS`) and 2 output logits (background, foreground).
+Two profiles share one code path: `nninteractive` (ResEnc-L, 102.4 M parameters, patch 192^3,
+for GPUs and warm start) and `lite` (sized for CPU inference).
+
+A native checkpoint is one file loaded with `torch.load(weights_only=True)`:
+    {"format": FORMAT, "arch": {...plain kwargs, op names as strings...}, "patch_size": [z, y, x],
+     "channels": CHANNELS, "normalization": "zscore", "state_dict": {...}, "meta": {...}}
+nnInteractive v1.0's published folder (`plans.json`, `fold_*/checkpoint_final.pth`) loads too.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT = "segfm3d-checkpoint-v1"
+NUM_INPUT_CHANNELS = 8
+# nnInteractive v1.0's input channel order; the seed method uses channels 0, 1, 2, 4, 5.
+CHANNELS = {
+    "image": 0,
+    "prev_seg": 1,
+    "box_pos": 2,
+    "box_neg": 3,
+    "click_pos": 4,
+    "click_neg": 5,
+    "scribble_pos": 6,
+    "scribble_neg": 7,
+}
+
+# Only these layer types may be named in a checkpoint or plans file (no dynamic imports).
+_OPS: dict[str, type[nn.Module]] = {
+    "Conv3d": nn.Conv3d,
+    "InstanceNorm3d": nn.InstanceNorm3d,
+    "BatchNorm3d": nn.BatchNorm3d,
+    "LeakyReLU": nn.LeakyReLU,
+    "ReLU": nn.ReLU,
+    "Dropout3d": nn.Dropout3d,
+}
+
+
+def _stage_arch(features: list[int], blocks: list[int]) -> dict[str, Any]:
+    n = len(features)
+    return {
+        "n_stages": n,
+        "features_per_stage": list(features),
+        "conv_op": "Conv3d",
+        "kernel_sizes": [[3, 3, 3]] * n,
+        "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+        "n_blocks_per_stage": list(blocks),
+        "n_conv_per_stage_decoder": [1] * (n - 1),
+        "conv_bias": True,
+        "norm_op": "InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named network size: architecture kwargs plus the patch (z, y, x) it runs at."""
+
+    name: str
+    arch: dict[str, Any]
+    patch_size: tuple[int, int, int]
+
+
+PROFILES: dict[str, Profile] = {
+    # ResEnc-L exactly as nnInteractive v1.0 (nnUNetResEncUNetLPlans, 3d_fullres_ps192).
+    "nninteractive": Profile(
+        "nninteractive", _stage_arch([32, 64, 128, 256, 320, 320], [1, 3, 4, 6, 6, 6]), (192, 192, 192)
+    ),
+    # CPU profile, chosen by measurement (README "Choosing the lite profile"): 2.4 M parameters,
+    # about 0.35 s per 64^3 forward and 1.8 s per two-stage training step (batch 2) on 2 cores.
+    "lite": Profile("lite", _stage_arch([8, 16, 32, 64, 128], [1, 1, 2, 2, 2]), (64, 64, 64)),
+    # The larger CPU candidate (6.1 M, features 16-160), about 3x slower to train and 2x slower to run.
+    "lite-l": Profile("lite-l", _stage_arch([16, 32, 64, 128, 160], [1, 2, 2, 2, 2]), (64, 64, 64)),
+    # Tiny network for tests only.
+    "tiny": Profile("tiny", _stage_arch([4, 8, 8], [1, 1, 1]), (16, 16, 16)),
+}
+
+
+def _resolve_op(name: str | None) -> type[nn.Module] | None:
+    """Map an op name ('Conv3d' or 'torch.nn.modules.conv.Conv3d') to its class; reject others."""
+    if name is None:
+        return None
+    short = str(name).rsplit(".", 1)[-1]
+    if short not in _OPS:
+        raise ValueError(f"unsupported layer type in architecture: {name!r}")
+    return _OPS[short]
+
+
+def build_network(arch: dict[str, Any]) -> nn.Module:
+    """Build the 8-channel-in, 2-logit-out ResidualEncoderUNet from plain architecture kwargs."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    kw = copy.deepcopy(arch)
+    for key in ("conv_op", "norm_op", "dropout_op", "nonlin"):
+        kw[key] = _resolve_op(kw.get(key))
+    net = ResidualEncoderUNet(
+        input_channels=NUM_INPUT_CHANNELS, num_classes=2, deep_supervision=False, **kw
+    )
+    return net
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode with what inference needs to know about it."""
+
+    net: nn.Module
+    patch_size: tuple[int, int, int]
+    arch: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def divisor(self) -> tuple[int, int, int]:
+        """Each patch axis must be a multiple of this (the product of the strides), (z, y, x)."""
+        strides = np.array(self.arch["strides"], dtype=int).reshape(-1, 3)
+        return tuple(int(v) for v in strides.prod(axis=0))
+
+
+def new_model(profile: str | Profile, seed: int | None = 0) -> LoadedModel:
+    """A freshly initialised model of a profile (He init, as nnU-Net)."""
+    prof = PROFILES[profile] if isinstance(profile, str) else profile
+    if seed is not None:
+        torch.manual_seed(seed)
+    net = build_network(prof.arch)
+    net.apply(net.initialize) if hasattr(net, "initialize") else None
+    return LoadedModel(net, tuple(prof.patch_size), copy.deepcopy(prof.arch), {"profile": prof.name})
+
+
+def checkpoint_dict(model: LoadedModel, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The self-describing checkpoint dictionary (plain types and tensors only)."""
+    meta = dict(model.meta)
+    meta.update(extra_meta or {})
+    return {
+        "format": FORMAT,
+        "arch": copy.deepcopy(model.arch),
+        "patch_size": [int(v) for v in model.patch_size],
+        "channels": dict(CHANNELS),
+        "normalization": "zscore",
+        "num_classes": 2,
+        "state_dict": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
+        "meta": meta,
+    }
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Save with torch.save to a temporary name in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(model: LoadedModel, path: str | os.PathLike, extra_meta: dict | None = None) -> None:
+    atomic_torch_save(checkpoint_dict(model, extra_meta), path)
+
+
+def _load_torch(path: Path) -> Any:
+    """torch.load with weights_only=True; nnU-Net logs may hold numpy scalars, which are allowed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # numpy scalars in nnU-Net logging dicts
+        if "numpy" not in str(err):
+            raise
+        safe = [np.dtype, np.core.multiarray.scalar] if hasattr(np, "core") else [np.dtype]
+        safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+        with torch.serialization.safe_globals(safe):
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _from_native(ckpt: dict[str, Any], source: str) -> LoadedModel:
+    for key in ("arch", "patch_size", "state_dict"):
+        if key not in ckpt:
+            raise ValueError(f"{source}: checkpoint lacks '{key}'")
+    if ckpt.get("channels", CHANNELS) != CHANNELS:
+        raise ValueError(f"{source}: unsupported channel layout {ckpt.get('channels')}")
+    net = build_network(ckpt["arch"])
+    net.load_state_dict(ckpt["state_dict"])
+    meta = dict(ckpt.get("meta", {}))
+    return LoadedModel(net, tuple(int(v) for v in ckpt["patch_size"]), ckpt["arch"], meta, source)
+
+
+def _from_nninteractive_folder(folder: Path, fold: str | None = None) -> LoadedModel:
+    """Load nnInteractive v1.0's folder: plans.json + fold_*/checkpoint_final.pth."""
+    plans_path = folder / "plans.json"
+    if not plans_path.is_file():
+        raise FileNotFoundError(f"{folder}: no plans.json (not an nnInteractive model folder)")
+    folds = sorted(p for p in folder.glob("fold_*") if (p / "checkpoint_final.pth").is_file())
+    if fold is not None:
+        folds = [p for p in folds if p.name == f"fold_{fold}"]
+    if len(folds) != 1:
+        raise ValueError(f"{folder}: expected exactly one fold_*/checkpoint_final.pth, found {len(folds)}; pass fold=")
+    ckpt = _load_torch(folds[0] / "checkpoint_final.pth")
+    if "network_weights" not in ckpt:
+        raise ValueError(f"{folds[0]}: no 'network_weights' in checkpoint")
+    plans = json.loads(plans_path.read_text())
+    configuration = ckpt.get("init_args", {}).get("configuration") or "3d_fullres_ps192_bs24"
+    conf = plans["configurations"][configuration]
+    architecture = conf["architecture"]
+    class_name = architecture.get("network_class_name", "")
+    if not class_name.endswith("ResidualEncoderUNet"):
+        raise ValueError(f"{plans_path}: unsupported network class {class_name!r}")
+    arch = copy.deepcopy(architecture["arch_kwargs"])
+    for key in ("conv_op", "norm_op", "dropout_op", "nonlin"):
+        if arch.get(key) is not None:
+            arch[key] = str(arch[key]).rsplit(".", 1)[-1]
+    net = build_network(arch)
+    net.load_state_dict(ckpt["network_weights"])
+    meta = {
+        "profile": "nninteractive",
+        "origin": "nnInteractive v1.0 folder",
+        "configuration": configuration,
+        "trainer_name": ckpt.get("trainer_name"),
+    }
+    return LoadedModel(net, tuple(int(v) for v in conf["patch_size"]), arch, meta, str(folder))
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a native checkpoint file or an nnInteractive v1.0 folder; the network is in eval mode."""
+    path = Path(path)
+    if path.is_dir():
+        model = _from_nninteractive_folder(path)
+    elif path.is_file():
+        ckpt = _load_torch(path)
+        if not isinstance(ckpt, dict):
+            raise ValueError(f"{path}: not a checkpoint dictionary")
+        if ckpt.get("format") == FORMAT:
+            model = _from_native(ckpt, str(path))
+        elif "model" in ckpt and isinstance(ckpt["model"], dict) and ckpt["model"].get("format") == FORMAT:
+            model = _from_native(ckpt["model"], str(path))  # a training checkpoint
+        else:
+            raise ValueError(f"{path}: unknown checkpoint format (expected '{FORMAT}')")
+    else:
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    model.net.to(device).eval()
+    return model

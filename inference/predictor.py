@@ -1,0 +1,204 @@
+"""Segment every class of a case: prompts -> window -> network -> paste -> fusion, within the budget.
+
+`Predictor.predict_case(case)` returns the uint8 label map (z, y, x); `Predictor.predict(data)`
+does the same from the arrays and objects of a challenge npz (used by the in-process evaluation).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from . import budget as B
+from .case_io import Case, parse_case
+from .fusion import ProductBackgroundFusion
+from .network import LoadedModel, load_model
+from .prompts import ClassPrompts, ImageStats, encode, image_stats
+from .window import Window
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WEIGHTS = PROJECT_ROOT / "weights" / "default.pt"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def configure_cpu_threads() -> None:
+    """Use every core the process may run on for intra-op parallelism."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    torch.set_num_threads(max(1, n))
+
+
+def class_prompts(case: Case, c: int) -> ClassPrompts:
+    """Class index c's box (3D cuboid, inclusive) and clicks, (z, y, x)."""
+    box = None
+    if case.boxes is not None:
+        b = case.boxes[c]
+        box = (b.lo, b.hi)
+    return ClassPrompts(box, case.fg_clicks[c], case.bg_clicks[c])
+
+
+def prompt_extent(prompts: ClassPrompts, prev_slices: tuple[slice, ...] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Inclusive (lo, hi) (z, y, x) over the box, every click and the previous mask; None when empty."""
+    los, his = [], []
+    if prompts.box is not None:
+        los.append(np.asarray(prompts.box[0]))
+        his.append(np.asarray(prompts.box[1]))
+    pts = np.concatenate([prompts.fg.reshape(-1, 3), prompts.bg.reshape(-1, 3)])
+    if len(pts):
+        los.append(pts.min(0))
+        his.append(pts.max(0))
+    if prev_slices is not None:
+        los.append(np.array([s.start for s in prev_slices]))
+        his.append(np.array([s.stop - 1 for s in prev_slices]))
+    if not los:
+        return None
+    return np.min(los, axis=0), np.max(his, axis=0)
+
+
+def touches_border(mask: torch.Tensor, window: Window) -> bool:
+    """Whether the predicted mask (patch, z, y, x) reaches a window face that lies inside the volume."""
+    for axis, side in window.border_faces_inside():
+        face = mask.select(axis, 0 if side == 0 else mask.shape[axis] - 1)
+        if bool(face.any()):
+            return True
+    return False
+
+
+def reduced_patch(patch: tuple[int, int, int], divisor: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Half the patch per axis, rounded to a multiple of the network's divisor."""
+    return tuple(max(d, int(round(p / 2 / d)) * d) for p, d in zip(patch, divisor))
+
+
+class Predictor:
+    """A loaded model plus the per-case loop; the model is loaded once per process."""
+
+    def __init__(self, model: LoadedModel, device: torch.device | str | None = None,
+                 max_zoom_outs: int = 3, zoom_out_factor: float = 1.5, per_class_run_s: float = 15.0,
+                 verbose: bool = False):
+        self.device = torch.device(device) if device is not None else default_device()
+        if self.device.type == "cpu":
+            configure_cpu_threads()
+        self.model = model
+        self.model.net.to(self.device).eval()
+        self.max_zoom_outs = max_zoom_outs
+        self.zoom_out_factor = zoom_out_factor
+        self.per_class_run_s = per_class_run_s
+        self.verbose = verbose
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, device=None, **kw) -> "Predictor":
+        path = Path(path) if path is not None else Path(os.environ.get("SEGFM_WEIGHTS", DEFAULT_WEIGHTS))
+        dev = torch.device(device) if device is not None else default_device()
+        return cls(load_model(path, dev), dev, **kw)
+
+    # ------------------------------------------------------------------ one network run
+    @torch.inference_mode()
+    def run_network(self, x: torch.Tensor) -> torch.Tensor:
+        """Foreground probability (pz, py, px) for one encoded input (8, pz, py, px)."""
+        inp = x.unsqueeze(0).to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                logits = self.model.net(inp)
+        else:
+            logits = self.model.net(inp)
+        logits = logits.float()
+        return torch.sigmoid(logits[0, 1] - logits[0, 0]).cpu()
+
+    def predict_window(self, case: Case, c: int, stats: ImageStats, window: Window, prompts: ClassPrompts) -> torch.Tensor:
+        x = encode(window, case.image, stats, prompts, case.prev_pred, c + 1)
+        return self.run_network(x)
+
+    # ------------------------------------------------------------------ one class
+    def predict_class(self, case: Case, c: int, stats: ImageStats, prev_slices, level: int,
+                      budget: B.Budget | None = None) -> tuple[Window, torch.Tensor] | None:
+        """Window and probabilities of class index c, or None when it has no prompt at all."""
+        prompts = class_prompts(case, c)
+        extent = prompt_extent(prompts, prev_slices)
+        if extent is None:
+            return None
+        patch = self.model.patch_size
+        if level == B.REDUCED:
+            patch = reduced_patch(patch, self.model.divisor)
+        window = Window.around(extent[0], extent[1], patch, case.shape)
+        t0 = time.perf_counter()
+        probs = self.predict_window(case, c, stats, window, prompts)
+        if budget is not None and level != B.REDUCED:
+            budget.record_run(time.perf_counter() - t0)
+        zoom_outs = 0
+        while (level == B.FULL and zoom_outs < self.max_zoom_outs and touches_border(probs > 0.5, window)):
+            bigger = window.zoomed(self.zoom_out_factor)
+            if bigger.size == window.size or (budget is not None and budget.level(1) != B.FULL):
+                break
+            t0 = time.perf_counter()
+            window, probs = bigger, self.predict_window(case, c, stats, bigger, prompts)
+            if budget is not None:
+                budget.record_run(time.perf_counter() - t0)
+            zoom_outs += 1
+        return window, probs
+
+    # ------------------------------------------------------------------ one case
+    def predict_case(self, case: Case, budget: B.Budget | None = None) -> np.ndarray:
+        """The uint8 (z, y, x) label map of all classes of a case."""
+        budget = budget or B.Budget(case.num_classes, per_class_run_s=self.per_class_run_s)
+        stats = image_stats(case.image)
+        fusion = ProductBackgroundFusion(case.shape)
+        prev_objects = ndimage.find_objects(case.prev_pred, max_label=case.num_classes) if case.prev_pred is not None else []
+        levels = []
+        for c in range(case.num_classes):
+            prev_slices = prev_objects[c] if c < len(prev_objects) else None
+            level = budget.level(case.num_classes - c)
+            levels.append(level)
+            result = None
+            if level != B.FALLBACK:
+                result = self.predict_class(case, c, stats, prev_slices, level, budget)
+            if result is None:
+                self._add_fallback(fusion, case, c, prev_slices)
+                continue
+            window, probs = result
+            for region, values in window.paste(probs):
+                fusion.add(c + 1, region, values)
+        if self.verbose:
+            counts = {B.LEVEL_NAMES[k]: levels.count(k) for k in sorted(set(levels))}
+            print(f"  {case.name}: {case.num_classes} classes, levels {counts}, "
+                  f"run cost {budget.run_cost:.2f} s, {budget.remaining():.1f} s left", file=sys.stderr)
+        return fusion.labels()
+
+    @staticmethod
+    def _add_fallback(fusion: ProductBackgroundFusion, case: Case, c: int, prev_slices) -> None:
+        """Keep the previous mask of class index c, or at the box step fill its box."""
+        if prev_slices is not None:
+            fusion.add_mask(c + 1, case.prev_pred[prev_slices] == c + 1, prev_slices)
+        elif case.boxes is not None and case.prev_pred is None:
+            b = case.boxes[c]
+            region = tuple(slice(lo, hi + 1) for lo, hi in zip(b.lo, b.hi))
+            fusion.add_mask(c + 1, np.ones([s.stop - s.start for s in region], bool), region)
+
+    def predict(self, data: dict[str, Any], name: str = "case") -> np.ndarray:
+        """Predict from the contents of a challenge npz (imgs, spacing, boxes, clicks, clicks_order, prev_pred)."""
+        return self.predict_case(parse_case(data, name))
+
+
+def fallback_segs(case: Case) -> np.ndarray:
+    """The prediction written when the model fails on a valid case: the previous one, or the boxes filled."""
+    if case.prev_pred is not None:
+        return case.prev_pred.copy()
+    fusion = ProductBackgroundFusion(case.shape)
+    for c in range(case.num_classes):
+        Predictor._add_fallback(fusion, case, c, None)
+    return fusion.labels()
+
+
+def load_predictor(checkpoint_path: str | os.PathLike | None = None, device=None, **kw) -> Predictor:
+    """A ready Predictor for a native checkpoint file or an nnInteractive folder (default: weights/default.pt)."""
+    return Predictor.from_checkpoint(checkpoint_path, device, **kw)

@@ -1,0 +1,184 @@
+"""The crop window: one object maps the volume, boxes, clicks and masks into the patch, and probabilities back.
+
+A window is an axis-aligned block of the volume, `start` and `size` in voxels per axis (z, y, x),
+which may extend past the volume border (padding). It is resampled to the network's patch
+(z, y, x) with a single zoom factor for all axes, so the voxel aspect ratio is kept.
+
+Coordinate convention (as `align_corners=False`): patch index i covers volume coordinate
+    s = start + (i + 0.5) * scale - 0.5,     scale = size / patch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+Triple = tuple[int, int, int]
+
+
+def zoom_factor(extent: np.ndarray, patch: np.ndarray) -> float:
+    """The seed paper's rule z = max_d((extent_d + patch_d / 3) / patch_d, 1); extent, patch (z, y, x)."""
+    return float(max(1.0, np.max((np.asarray(extent, float) + np.asarray(patch, float) / 3.0) / patch)))
+
+
+@dataclass(frozen=True)
+class Window:
+    """A block of the volume (start, size: voxels, (z, y, x)) resampled onto `patch`."""
+
+    start: Triple
+    size: Triple
+    patch: Triple
+    shape: Triple  # the volume's shape (z, y, x)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def around(cls, lo, hi, patch, shape, zoom_extra: float = 1.0, min_zoom: float = 1.0) -> "Window":
+        """Window centred on the inclusive extent [lo, hi] (z, y, x), sized by the zoom rule times zoom_extra."""
+        lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+        patch_a = np.asarray(patch, float)
+        zoom = max(zoom_factor(hi - lo + 1, patch_a), min_zoom) * zoom_extra
+        size = np.maximum(np.round(patch_a * zoom), patch_a).astype(int)
+        centre = (lo + hi) / 2.0
+        start = np.floor(centre - (size - 1) / 2.0 + 0.5).astype(int)
+        return cls(tuple(int(v) for v in start), tuple(int(v) for v in size), tuple(int(v) for v in patch),
+                   tuple(int(v) for v in shape))
+
+    def zoomed(self, factor: float) -> "Window":
+        """The same centre, `factor` times larger, capped where it would only add padding on every axis."""
+        centre = np.asarray(self.start, float) + (np.asarray(self.size, float) - 1) / 2.0
+        size = np.round(np.asarray(self.size, float) * factor)
+        cap = np.max(np.asarray(self.shape, float) / np.asarray(self.patch, float))
+        size = np.minimum(size, np.round(np.asarray(self.patch, float) * max(cap, self.zoom)))
+        size = np.maximum(size, self.size).astype(int)
+        start = np.floor(centre - (size - 1) / 2.0 + 0.5).astype(int)
+        return Window(tuple(int(v) for v in start), tuple(int(v) for v in size), self.patch, self.shape)
+
+    @property
+    def scale(self) -> np.ndarray:
+        """Volume voxels per patch voxel, per axis (z, y, x)."""
+        return np.asarray(self.size, float) / np.asarray(self.patch, float)
+
+    @property
+    def zoom(self) -> float:
+        return float(self.scale.max())
+
+    # ------------------------------------------------------------------ coordinates
+    def to_patch(self, points: np.ndarray) -> np.ndarray:
+        """Volume coordinates (N, 3) (z, y, x) -> continuous patch coordinates (N, 3)."""
+        pts = np.asarray(points, float).reshape(-1, 3)
+        return (pts - np.asarray(self.start) + 0.5) / self.scale - 0.5
+
+    def to_volume(self, points: np.ndarray) -> np.ndarray:
+        """Patch coordinates (N, 3) (z, y, x) -> volume coordinates (N, 3), rounded to voxel indices."""
+        pts = np.asarray(points, float).reshape(-1, 3)
+        return np.round(np.asarray(self.start) + (pts + 0.5) * self.scale - 0.5).astype(np.int64)
+
+    def box_to_patch(self, lo, hi) -> tuple[np.ndarray, np.ndarray]:
+        """Inclusive volume box [lo, hi] (z, y, x) -> half-open patch index range [a, b), at least 1 voxel."""
+        a = np.ceil(self.to_patch(np.asarray(lo, float) - 0.5)[0] - 1e-6)
+        b = np.floor(self.to_patch(np.asarray(hi, float) + 0.5)[0] + 1e-6) + 1
+        patch = np.asarray(self.patch)
+        a = np.clip(a, 0, patch - 1).astype(int)
+        b = np.clip(np.maximum(b, a + 1), 1, patch).astype(int)
+        return a, b
+
+    def inside(self) -> tuple[slice, slice, slice]:
+        """The part of the window inside the volume, as volume slices (z, y, x)."""
+        return tuple(slice(max(s, 0), min(s + n, d)) for s, n, d in zip(self.start, self.size, self.shape))
+
+    def border_faces_inside(self) -> list[tuple[int, int]]:
+        """Window faces (axis, 0=low|1=high) that lie strictly inside the volume (not on its border)."""
+        faces = []
+        for axis, (s, n, d) in enumerate(zip(self.start, self.size, self.shape)):
+            if s > 0:
+                faces.append((axis, 0))
+            if s + n < d:
+                faces.append((axis, 1))
+        return faces
+
+    # ------------------------------------------------------------------ resampling
+    def _sample_coords(self, axis: int) -> np.ndarray:
+        i = np.arange(self.patch[axis], dtype=float)
+        return self.start[axis] + (i + 0.5) * self.scale[axis] - 0.5
+
+    def crop(self, volume: np.ndarray, fill: float = 0.0,
+             transform: Callable[[np.ndarray], np.ndarray] | None = None) -> torch.Tensor:
+        """Resample `volume` (z, y, x) inside the window onto the patch, trilinear; `fill` outside the volume.
+
+        Only the voxels the interpolation touches are read (at most 2 per patch voxel and axis),
+        so windows over huge volumes stay cheap. `transform` maps the gathered voxels first
+        (e.g. `lambda v: v == label`), before conversion to float32.
+        """
+        idx, weights, outside = [], [], []
+        for axis in range(3):
+            c = self._sample_coords(axis)
+            n = volume.shape[axis]
+            f = np.floor(c)
+            i0 = np.clip(f, 0, n - 1).astype(np.int64)
+            i1 = np.clip(f + 1, 0, n - 1).astype(np.int64)
+            w = np.clip(c - f, 0.0, 1.0)
+            w = np.where(c < 0, 0.0, w)  # edge replication within half a voxel of the border
+            needed, inv = np.unique(np.concatenate([i0, i1]), return_inverse=True)
+            idx.append((needed, inv[: len(c)], inv[len(c):]))
+            weights.append(torch.as_tensor(w, dtype=torch.float32))
+            outside.append(torch.as_tensor((c < -0.5) | (c > n - 0.5)))
+        sub = volume[np.ix_(idx[0][0], idx[1][0], idx[2][0])]
+        if transform is not None:
+            sub = transform(sub)
+        x = torch.from_numpy(np.ascontiguousarray(sub, dtype=np.float32))
+        for axis in range(3):
+            _, j0, j1 = idx[axis]
+            shape = [1, 1, 1]
+            shape[axis] = -1
+            w = weights[axis].view(shape)
+            a = x.index_select(axis, torch.from_numpy(j0))
+            b = x.index_select(axis, torch.from_numpy(j1))
+            x = a + (b - a) * w
+            mask = outside[axis]
+            if mask.any():
+                x.index_fill_(axis, torch.nonzero(mask).flatten(), float(fill))
+        return x
+
+    def paste(self, patch_values: torch.Tensor, max_voxels: int = 1 << 24) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
+        """Resample patch values (z, y, x) back onto the window's part inside the volume, trilinear.
+
+        Yields (volume slices, float32 array) slabs along z, each at most about `max_voxels`,
+        so the memory of a paste stays bounded whatever the window size.
+        """
+        region = self.inside()
+        if any(s.stop <= s.start for s in region):
+            return
+        vals = patch_values.detach().float().cpu()
+        axes = []
+        for axis in range(3):
+            s = np.arange(region[axis].start, region[axis].stop, dtype=float)
+            p = (s - self.start[axis] + 0.5) / self.scale[axis] - 0.5
+            n = self.patch[axis]
+            p = np.clip(p, 0, n - 1)
+            f = np.floor(p)
+            i0 = f.astype(np.int64)
+            i1 = np.minimum(i0 + 1, n - 1)
+            axes.append((torch.from_numpy(i0), torch.from_numpy(i1), torch.as_tensor(p - f, dtype=torch.float32)))
+
+        def interp(x: torch.Tensor, axis: int, sel: slice | None = None) -> torch.Tensor:
+            i0, i1, w = axes[axis]
+            if sel is not None:
+                i0, i1, w = i0[sel], i1[sel], w[sel]
+            shape = [1, 1, 1]
+            shape[axis] = -1
+            a = x.index_select(axis, i0)
+            b = x.index_select(axis, i1)
+            return a + (b - a) * w.view(shape)
+
+        # y and x first at patch depth is cheap; z last, slab by slab.
+        ny, nx = region[1].stop - region[1].start, region[2].stop - region[2].start
+        plane = interp(interp(vals, 1), 2)  # (pz, ny, nx)
+        nz = region[0].stop - region[0].start
+        step = max(1, int(max_voxels // max(ny * nx, 1)))
+        for z0 in range(0, nz, step):
+            z1 = min(nz, z0 + step)
+            slab = interp(plane, 0, slice(z0, z1))
+            zs = slice(region[0].start + z0, region[0].start + z1)
+            yield (zs, region[1], region[2]), slab.numpy()

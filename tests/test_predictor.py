@@ -1,0 +1,137 @@
+"""The per-case loop: windows, zoom-out, budget levels and fallbacks (inference/predictor.py, budget.py)."""
+import numpy as np
+import pytest
+import torch
+
+from inference import budget as B
+from inference.case_io import parse_case
+from inference.network import new_model
+from inference.predictor import Predictor, fallback_segs, prompt_extent, class_prompts
+
+
+class ScriptedPredictor(Predictor):
+    """A predictor whose 'network' returns a fixed response, to test the loop around it."""
+
+    def __init__(self, response="box", **kw):
+        super().__init__(new_model("tiny"), "cpu", **kw)
+        self.response = response
+        self.windows = []
+
+    def predict_window(self, case, c, stats, window, prompts):
+        self.windows.append(window)
+        if self.response == "all":
+            return torch.ones(window.patch)
+        # foreground exactly where the box channel is
+        from inference.prompts import encode
+        x = encode(window, case.image, stats, prompts)
+        return x[2].clone()
+
+
+def _case(k=3, shape=(20, 40, 40), prev=None, clicks=None, boxes=True):
+    data = {"imgs": np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8), "spacing": np.ones(3)}
+    if boxes:
+        data["boxes"] = [{"z_min": 2 + c, "z_max": 8 + c, "z_mid": 5 + c, "z_mid_x_min": 5 + 8 * c,
+                          "z_mid_y_min": 4, "z_mid_x_max": 10 + 8 * c, "z_mid_y_max": 12} for c in range(k)]
+    if clicks is not None:
+        data["clicks"] = clicks
+    if prev is not None:
+        data["prev_pred"] = prev
+    return parse_case(data, "CT_test.npz")
+
+
+def test_box_step_pastes_each_class_in_its_box():
+    case = _case()
+    segs = ScriptedPredictor(max_zoom_outs=0).predict_case(case)
+    for c, b in enumerate(case.boxes):
+        region = tuple(slice(lo, hi + 1) for lo, hi in zip(b.lo, b.hi))
+        inside = segs[region]
+        assert (inside == c + 1).mean() > 0.9
+    assert segs.dtype == np.uint8 and segs.shape == case.shape
+
+
+def test_zoom_out_when_the_mask_touches_the_window_border():
+    case = _case(k=1, shape=(200, 200, 200))
+    p = ScriptedPredictor("all", max_zoom_outs=2)
+    p.predict_case(case)
+    sizes = [w.size[0] for w in p.windows]
+    assert len(sizes) == 3 and sizes[0] < sizes[1] < sizes[2]
+
+
+def test_no_zoom_out_when_the_window_covers_the_volume():
+    case = _case(k=1, shape=(10, 14, 14))
+    p = ScriptedPredictor("all", max_zoom_outs=3)
+    p.predict_case(case)
+    assert len(p.windows) == 1  # every face of the window is outside the volume
+
+
+def test_extent_without_box_uses_clicks_and_previous_mask():
+    prev = np.zeros((20, 40, 40), np.uint8)
+    prev[3:6, 10:20, 30:35] = 1
+    case = _case(k=1, prev=prev, clicks=[{"fg": [[15, 2, 3]], "bg": []}], boxes=False)
+    from scipy import ndimage
+    lo, hi = prompt_extent(class_prompts(case, 0), ndimage.find_objects(prev)[0])
+    assert lo.tolist() == [3, 2, 3] and hi.tolist() == [15, 19, 34]
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_budget_levels_degrade_with_time():
+    clock = FakeClock()
+    b = B.Budget(4, start=0.0, per_class_run_s=10.0, safety=1.0, reserve_s=0.0, clock=clock)
+    b.record_run(2.0)
+    assert b.level(4) == B.FULL  # 40 s left for 4 x 2 s
+    clock.t = 33.0
+    assert b.level(3) == B.NO_ZOOM  # 7 s for 6 s of work
+    clock.t = 37.0
+    assert b.level(3) == B.REDUCED  # 3 s: half-resolution runs cost about 1/8
+    clock.t = 39.9
+    assert b.level(3) == B.FALLBACK
+
+
+class SlowPredictor(ScriptedPredictor):
+    def __init__(self, clock, **kw):
+        super().__init__(**kw)
+        self.clock = clock
+
+    def predict_window(self, case, c, stats, window, prompts):
+        self.clock.t += 5.0  # every network run costs 5 s
+        return super().predict_window(case, c, stats, window, prompts)
+
+
+def test_budget_fallback_keeps_previous_prediction_for_the_remaining_classes():
+    clock = FakeClock()
+    prev = np.zeros((20, 40, 40), np.uint8)
+    for c in range(4):
+        prev[10, 20, 2 + 5 * c: 5 + 5 * c] = c + 1
+    case = _case(k=4, prev=prev)
+    p = SlowPredictor(clock, max_zoom_outs=0)
+    budget = B.Budget(4, start=0.0, per_class_run_s=3.0, safety=1.0, reserve_s=0.0, clock=clock,
+                      first_run_estimate_s=1.0)
+    segs = p.predict_case(case, budget)
+    assert clock.t <= 12.0 + 5.0  # never ran far past the 12 s budget
+    ran = len(p.windows)
+    assert 1 <= ran < 4
+    for c in range(ran, 4):  # classes without a run kept their previous mask exactly
+        assert np.array_equal(segs == c + 1, prev == c + 1)
+
+
+def test_fallback_segs_at_the_box_step_fills_boxes():
+    case = _case(k=2)
+    segs = fallback_segs(case)
+    b = case.boxes[1]
+    assert (segs[b.lo[0]:b.hi[0] + 1, b.lo[1]:b.hi[1] + 1, b.lo[2]:b.hi[2] + 1] == 2).all()
+
+
+def test_real_tiny_network_runs_on_reduced_patch():
+    p = Predictor(new_model("tiny"), "cpu", max_zoom_outs=0)
+    case = _case(k=2)
+    full = p.predict_class(case, 0, __import__("inference.prompts", fromlist=["x"]).image_stats(case.image), None, B.FULL)
+    red = p.predict_class(case, 0, __import__("inference.prompts", fromlist=["x"]).image_stats(case.image), None, B.REDUCED)
+    assert full[1].shape == (16, 16, 16) and red[1].shape == (8, 8, 8)
+    assert torch.all((red[1] >= 0) & (red[1] <= 1))

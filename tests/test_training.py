@@ -1,0 +1,250 @@
+"""training/: samples, click simulation, loss, steps, resume, warm start, config (tiny network, tiny patches)."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation.boxes import boxes_from_gt
+from evaluation.clicks import simulate_click
+from inference.network import CHANNELS, PROFILES, load_model, new_model
+from training import config as C
+from training.data import (CaseStore, PromptDataset, SampleOptions, StreamSampler, collate, list_cases, make_sample,
+                           modality_of, organizer_box, select_coreset, synthetic_case, to_torch,
+                           write_synthetic_cases)
+from training.simulate import place_click, segmentation_loss, simulate_prompts
+from training.train import lr_at, setup, train, train_step
+
+from nninteractive_format import write_nninteractive_folder
+
+PATCH = (16, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cases")
+    write_synthetic_cases(folder, n=3, shape=(20, 28, 28), n_classes=3, seed=1)
+    return folder
+
+
+def tiny_cfg(cases: Path, out: Path, **kw) -> C.TrainConfig:
+    base = dict(data=str(cases), out=str(out), profile="tiny", steps=2, batch_size=2, ckpt_every=1000, log_every=1,
+                progress=False, cache_dir="", threads=2, seed=3)
+    base.update(kw)
+    return C.TrainConfig(**base)
+
+
+# ---------------------------------------------------------------------- data
+def test_case_listing_modality_and_coreset(tmp_path):
+    for rel in ["CT/AMOS/CT_AMOS_a.npz", "CT/AMOS/CT_AMOS_b.npz", "CT/X/CT_X_c.npz", "MR/Y/MR_Y_d.npz",
+                "US/Z/US_Z_e.npz", "CT/.hidden/CT_h.npz"]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    paths = list_cases(tmp_path)
+    assert len(paths) == 5
+    assert [modality_of(p, tmp_path) for p in paths] == ["CT", "CT", "CT", "MR", "US"]
+    assert modality_of(Path("flat/MR_TotalSeg_x.npz")) == "MR"
+    a = select_coreset(paths, 0.34, seed=5, root=tmp_path)
+    assert a == select_coreset(paths, 0.34, seed=5, root=tmp_path)
+    assert sorted(modality_of(p, tmp_path) for p in a) == ["CT", "MR", "US"]  # one of 3 CT, >= 1 of each
+
+
+def test_sample_box_and_nobox(cases):
+    store = CaseStore(list_cases(cases))
+    for p_no_box, has_box in ((0.0, True), (1.0, False)):
+        opts = SampleOptions(PATCH, p_no_box=p_no_box)
+        s = make_sample(store, opts, seed=0, index=7)
+        assert s["input"].shape == (8, *PATCH) and s["input"].dtype == np.float32
+        assert s["target"].shape == PATCH and s["target"].dtype == bool and s["target"].any()
+        assert bool(s["has_box"]) == has_box
+        x = s["input"]
+        assert (x[CHANNELS["box_pos"]].max() == 1.0) == has_box
+        assert (x[CHANNELS["click_pos"]].max() > 0.99) == (not has_box)
+        for ch in ("prev_seg", "box_neg", "click_neg", "scribble_pos", "scribble_neg"):
+            assert not x[CHANNELS[ch]].any()
+        if not has_box:  # the drawn first click sits at click0 (patch coordinates, z, y, x)
+            c = np.round(s["click0"]).astype(int)
+            assert x[CHANNELS["click_pos"]][tuple(c)] == pytest.approx(1.0)
+    again = make_sample(store, SampleOptions(PATCH), seed=0, index=7)
+    np.testing.assert_array_equal(again["input"], make_sample(store, SampleOptions(PATCH), seed=0, index=7)["input"])
+
+
+def test_first_click_and_box_match_evaluation(cases):
+    store = CaseStore(list_cases(cases))
+    case = store.get(1)
+    for label in case.labels:
+        full = np.asarray(case.gts) == label
+        (coord, kind) = simulate_click(np.zeros_like(full), full)
+        assert kind == "fg" and store.first_click(1, int(label)) == tuple(coord)
+        lo, hi = organizer_box(case, int(label), seed=11)
+        b = boxes_from_gt(full.astype(np.uint8), labels=[1], seed=11)[0]
+        assert lo == (b["z_min"], b["z_mid_y_min"], b["z_mid_x_min"])
+        assert hi == (b["z_max"], b["z_mid_y_max"], b["z_mid_x_max"])
+
+
+def test_mmap_cache_for_big_volumes(cases, tmp_path):
+    store = CaseStore(list_cases(cases), cache_dir=tmp_path / "npy", mmap_min_mb=0.0)
+    case = store.get(0)
+    assert isinstance(case.image, np.memmap) and isinstance(case.gts, np.memmap)
+    with np.load(store.paths[0]) as z:
+        np.testing.assert_array_equal(case.gts, z["gts"])
+    s = make_sample(store, SampleOptions(PATCH), 0, 0)
+    assert s["input"].shape == (8, *PATCH)
+
+
+def test_stream_sampler_is_disjoint_across_ranks_and_resumable():
+    take = lambda s, n: list(itertools.islice(iter(s), n))  # noqa: E731
+    r0, r1 = take(StreamSampler(2, 0, 2), 6), take(StreamSampler(2, 1, 2), 6)
+    assert not set(r0) & set(r1)
+    assert take(StreamSampler(2, 0, 2, start=1), 4) == r0[2:6]
+
+
+# ---------------------------------------------------------------------- simulation and loss
+def test_place_click_agrees_with_evaluation():
+    target = np.zeros(PATCH, bool)
+    target[3:12, 4:13, 2:10] = True
+    pred = target.copy()
+    pred[3:12, 4:13, 2:6] = False  # under-segmentation: an fg click
+    pred[0:2, 0:3, 0:3] = True      # small over-segmentation
+    x = torch.zeros((8, *PATCH))
+    kind = place_click(x, pred, target)
+    (coord, ekind) = simulate_click(pred, target)
+    assert kind == ekind == "fg"
+    assert x[CHANNELS["click_pos"]][coord] == pytest.approx(1.0)
+    assert not x[CHANNELS["click_neg"]].any()
+    assert torch.equal(x[CHANNELS["prev_seg"]], torch.from_numpy(pred.astype(np.float32)))
+    # over-segmentation dominates: a bg click
+    pred2 = target.copy()
+    pred2[:, :, 10:] = True
+    x2 = torch.zeros((8, *PATCH))
+    assert place_click(x2, pred2, target) == "bg"
+    (coord2, _) = simulate_click(pred2, target)
+    assert x2[CHANNELS["click_neg"]][coord2] == pytest.approx(1.0)
+    assert place_click(torch.zeros((8, *PATCH)), target, target) is None
+
+
+def test_simulate_prompts_rounds_and_skip():
+    target = torch.zeros((2, *PATCH), dtype=torch.bool)
+    target[:, 4:12, 4:12, 4:12] = True
+    x = torch.zeros((2, 8, *PATCH))
+    calls = []
+
+    def predict(inp):
+        calls.append(inp.clone())
+        return torch.zeros(inp.shape[0], *PATCH)  # empty prediction: the first error is the whole target
+
+    has_box = torch.tensor([True, False])
+    out, st = simulate_prompts(predict, x, target, has_box, np.random.default_rng(0), p_click=0.0)
+    assert out is x and not calls and st.stage1_passes == 0
+    out, st = simulate_prompts(predict, x, target, has_box, np.random.default_rng(0), p_click=0.0,
+                               nobox_always_click=True)
+    assert st.stage1_passes == 1 and st.clicks_fg == 1
+    assert not out[0, CHANNELS["click_pos"]].any() and out[1, CHANNELS["click_pos"]].any()
+    calls.clear()
+    out, st = simulate_prompts(predict, x, target, has_box, np.random.default_rng(0), p_click=1.0, rounds=2)
+    assert st.stage1_passes == 2 and len(calls) == 2 and st.clicks_fg == 4
+    (coord, _) = simulate_click(np.zeros(PATCH, bool), target[0].numpy())
+    assert out[0, CHANNELS["click_pos"]][coord] == pytest.approx(1.0)
+    assert not x.any()  # the input batch itself is untouched
+
+
+def test_loss_weights_dice_ten_times():
+    target = torch.zeros((1, *PATCH), dtype=torch.bool)
+    target[:, :8] = True
+    logits = torch.zeros((1, 2, *PATCH))
+    loss, parts = segmentation_loss(logits, target, dice_weight=10.0)
+    # p = 0.5 everywhere: soft Dice = (2 * 0.5 * n/2 + 1) / (n/2 + n/2 + 1) ~ 0.5, BCE = log 2
+    n = np.prod(PATCH)
+    sd = (0.5 * n + 1) / (n + 1)
+    assert loss.item() == pytest.approx(10 * (1 - sd) + np.log(2), rel=1e-5)
+    assert parts["bce"] == pytest.approx(np.log(2), rel=1e-5)
+
+
+def test_lr_schedules():
+    cfg = C.TrainConfig(steps=100, lr=1.0, warmup_steps=10, schedule="cosine")
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(99, cfg) < 0.01
+    assert lr_at(50, replace(cfg, schedule="constant")) == 1.0
+    assert 0 < lr_at(55, replace(cfg, schedule="poly")) < 1.0
+
+
+# ---------------------------------------------------------------------- steps, checkpoints, resume
+def test_step_changes_weights_and_loss_falls_on_fixed_batch(cases, tmp_path):
+    cfg = tiny_cfg(cases, tmp_path / "run", p_click=0.0, lr=3e-3, intensity_scale=0.0, intensity_shift=0.0)
+    tr = setup(cfg)
+    batch = next(tr.batches)
+    tr.batches = itertools.repeat(batch)
+    before = {k: v.clone() for k, v in tr.net.state_dict().items()}
+    losses = [train_step(tr)["loss"]]
+    after = tr.net.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    for _ in range(5):
+        losses.append(train_step(tr)["loss"])
+    assert losses[-1] < losses[0]
+
+
+def test_checkpoints_resume_exactly(cases, tmp_path):
+    common = dict(steps=3, p_click=1.0, p_no_box=0.5, ckpt_every=2)
+    full = train(tiny_cfg(cases, tmp_path / "a", **common))
+    run_a = full.net.state_dict()
+    losses_a = [float(r) for r in _csv(tmp_path / "a", "loss")]
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_2(tr, metrics):
+        if tr.step == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(tiny_cfg(cases, tmp_path / "b", **common), on_step=kill_after_2)
+    ck = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert ck["step"] == 2 and ck["config"]["steps"] == 3 and "optimizer" in ck and "rng" in ck
+    resumed = train(tiny_cfg(cases, tmp_path / "b", resume=True), given={"resume"})
+    assert resumed.step == 3
+    for k, v in resumed.net.state_dict().items():
+        assert torch.equal(v, run_a[k]), k
+    losses_b = [float(r) for r in _csv(tmp_path / "b", "loss")]
+    assert losses_b == losses_a  # rows of steps 1-2 kept, step 3 identical
+    # the native export and the training checkpoint both load for inference
+    for name in ("model.pt", "last.pt"):
+        m = load_model(tmp_path / "b" / name)
+        assert m.patch_size == PROFILES["tiny"].patch_size and m.meta["step"] == 3
+    assert (tmp_path / "b" / "curves.png").is_file() and (tmp_path / "b" / "config.json").is_file()
+
+
+def _csv(folder: Path, col: str) -> list[str]:
+    import csv
+    with open(folder / "log.csv", newline="") as fh:
+        return [r[col] for r in csv.DictReader(fh) if r[col]]
+
+
+def test_warm_start_from_nninteractive_folder(cases, tmp_path):
+    src = new_model("tiny", seed=123)
+    folder = write_nninteractive_folder(tmp_path / "nnInteractive_v1.0", src.net.state_dict(),
+                                        PROFILES["tiny"].arch, patch_size=(16, 16, 16))
+    tr = setup(tiny_cfg(cases, tmp_path / "warm", init=str(folder), profile="lite"))
+    assert tr.model.meta["origin"] == "nnInteractive v1.0 folder"
+    got = tr.net.state_dict()
+    for k, v in src.net.state_dict().items():
+        assert torch.equal(got[k], v), k
+    assert tr.patch == (16, 16, 16)
+    train_step(tr)  # the 8-channel layout trains as is
+
+
+# ---------------------------------------------------------------------- command line
+def test_cli_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        C.build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    for f in fields(C.TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text, f.name
+    cfg, given = C.config_from_args(["--profile", "tiny", "--no-channels-last", "--steps", "5"])
+    assert cfg.profile == "tiny" and cfg.channels_last is False and cfg.steps == 5
+    assert given == {"profile", "channels_last", "steps"}
+    assert C.from_dict(asdict(cfg)) == cfg

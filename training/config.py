@@ -1,0 +1,198 @@
+"""Training configuration: one dataclass, every field a command-line option with its help text.
+
+The config is saved as JSON in the run folder (`config.json`) and inside every training checkpoint
+(`asdict(cfg)`), so a checkpoint says how it was made and `--resume` can continue it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, cli: bool = True) -> Any:
+    """A dataclass field carrying its command-line help text (and choices)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "cli": cli})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; defaults are the CPU lite run."""
+
+    # ---------------------------------------------------------------- data
+    data: str = opt("data/train", "training folder: *.npz (imgs, gts, spacing) found recursively, "
+                                  "e.g. <Modality>/<Dataset>/<case>.npz or flat <Modality>_<name>.npz")
+    out: str = opt("runs/train", "run folder: config.json, log.csv, curves.png, last.pt, model.pt")
+    coreset: float = opt(1.0, "fraction of the cases to train on, drawn uniformly per modality from "
+                              "--seed (the paper uses 0.1); the chosen list is written to <out>/coreset.txt")
+    cache_dir: str = opt(".cache/npy", "folder for uncompressed .npy copies of big volumes, memory-mapped "
+                                       "instead of held in RAM")
+    mmap_min_mb: float = opt(256.0, "volumes whose image+labels exceed this many MB are memory-mapped from "
+                                    "--cache-dir; smaller ones are held decompressed in RAM")
+    ram_cache_mb: float = opt(8192.0, "RAM budget per process for decompressed volumes (least recently "
+                                      "used evicted)")
+    num_workers: int = opt(-1, "DataLoader worker processes (-1: 0 on CPU, min(8, cores) on CUDA); workers "
+                               "use the file system for sharing, not /dev/shm")
+    # ---------------------------------------------------------------- model
+    profile: str = opt("lite", "network profile from inference.network.PROFILES (nninteractive, lite, "
+                               "lite-s, tiny); ignored for the architecture when --init is given")
+    init: str = opt("", "warm start: an nnInteractive v1.0 folder (plans.json + fold_*/checkpoint_final.pth), "
+                        "a native checkpoint or a training checkpoint; empty = from scratch")
+    patch: str = opt("", "patch size 'z,y,x' (default: the profile's or the checkpoint's patch)")
+    # ---------------------------------------------------------------- prompts and augmentation
+    p_no_box: float = opt(0.3, "probability that a sample has no box (its first prompt is the evaluator's "
+                               "first click), so click-only cases are learned")
+    p_click: float = opt(0.5, "probability per batch of simulating clicks on the model's own errors "
+                              "(stage 1 without gradient, then stage 2 with all prompts)")
+    click_rounds: int = opt(1, "clicks simulated per clicking batch (k rounds of predict-then-click)")
+    nobox_always_click: bool = opt(False, "no-box samples always get a simulated click after stage 1 "
+                                          "(default: they follow --p-click; their first click is a prompt already)")
+    zoom_aug_max: float = opt(1.25, "box windows: zoom_extra drawn uniformly in [1, this] on top of the "
+                                    "inference zoom rule")
+    nobox_zoom_max: float = opt(3.0, "no-box windows around the first click: zoom_extra in [1, this] "
+                                     "(inference zooms out while the mask touches the border)")
+    shift_frac: float = opt(0.08, "random window centre shift, as a fraction of the window size per axis")
+    flip: bool = opt(False, "random flips of every axis (off by default, as the paper)")
+    intensity_scale: float = opt(0.1, "image channel multiplied by 1 + U(-s, s) (z-scored units)")
+    intensity_shift: float = opt(0.1, "image channel shifted by U(-s, s) (z-scored units)")
+    # ---------------------------------------------------------------- loss and optimisation
+    steps: int = opt(1000, "optimiser steps to train (total, counting resumed ones)")
+    batch_size: int = opt(2, "samples per forward pass (per process)")
+    accum: int = opt(1, "gradient accumulation: forward passes per optimiser step")
+    lr: float = opt(1e-4, "peak learning rate (AdamW)")
+    weight_decay: float = opt(1e-2, "AdamW weight decay")
+    schedule: str = opt("constant", "learning-rate schedule after warm-up", ("constant", "cosine", "poly"))
+    warmup_steps: int = opt(0, "linear warm-up steps from 0 to --lr")
+    min_lr: float = opt(0.0, "final learning rate of the cosine/poly schedules")
+    poly_power: float = opt(0.9, "exponent of the poly schedule")
+    dice_weight: float = opt(10.0, "loss = dice_weight * (1 - soft Dice) + BCE")
+    grad_clip: float = opt(12.0, "clip the gradient norm to this (0: off)")
+    seed: int = opt(0, "seed of the samples, clicks, coreset and initialisation")
+    # ---------------------------------------------------------------- speed
+    device: str = opt("auto", "cpu, cuda, cuda:N, or auto (cuda when present; LOCAL_RANK under torchrun)")
+    threads: int = opt(0, "CPU threads for torch (0: every core this process may use, split across ranks)")
+    channels_last: bool = opt(True, "channels_last_3d memory format for the network and inputs")
+    compile: bool = opt(False, "torch.compile the network (slow to start; measure before using)")
+    amp: str = opt("auto", "mixed precision: auto (bf16 on CUDA when supported, else fp16; none on CPU), "
+                           "bf16, fp16, none", ("auto", "bf16", "fp16", "none"))
+    grad_checkpoint: bool = opt(False, "gradient checkpointing of the encoder stages (saves memory for "
+                                       "ResEnc-L at 192^3, costs about one more forward)")
+    # ---------------------------------------------------------------- checkpoints, logging, validation
+    ckpt_every: int = opt(50, "write <out>/last.pt (training checkpoint) and <out>/model.pt (native) "
+                              "every N steps, and at the end")
+    keep_every: int = opt(0, "also keep <out>/step_<N>.pt every N steps (0: never)")
+    export: str = opt("", "also write the native inference checkpoint to this path at every checkpoint")
+    log_every: int = opt(10, "write a log.csv row every N steps (loss and Dice averaged over them)")
+    resume: bool = opt(False, "continue from <out>/last.pt exactly where it stopped (same next step)")
+    val_data: str = opt("", "held-out folder of *.npz with gts for periodic validation (evaluation harness)")
+    val_every: int = opt(0, "validate every N steps (0: only --val-data at the end, if given)")
+    val_max_cases: int = opt(2, "validate on at most this many held-out cases (keeps CPU runs cheap)")
+    val_max_classes: int = opt(8, "validate at most this many classes per case (0: all)")
+    progress: bool = opt(True, "show a tqdm progress bar")
+
+    # ------------------------------------------------------------------ derived
+    def patch_size(self) -> tuple[int, int, int] | None:
+        """The --patch override as (z, y, x), or None."""
+        if not self.patch:
+            return None
+        vals = [int(v) for v in str(self.patch).replace("x", ",").split(",") if v.strip()]
+        if len(vals) == 1:
+            vals = vals * 3
+        if len(vals) != 3:
+            raise ValueError(f"--patch needs 1 or 3 integers, got {self.patch!r}")
+        return tuple(vals)  # type: ignore[return-value]
+
+    def validate(self) -> None:
+        """Raise ValueError on inconsistent options."""
+        for name in ("p_no_box", "p_click", "coreset"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {v}")
+        if self.coreset <= 0:
+            raise ValueError("--coreset must be > 0")
+        for name in ("steps", "batch_size", "accum", "click_rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.zoom_aug_max < 1 or self.nobox_zoom_max < 1:
+            raise ValueError("--zoom-aug-max and --nobox-zoom-max must be >= 1")
+        self.patch_size()
+
+
+# ---------------------------------------------------------------------- JSON and CLI
+def to_json(cfg: TrainConfig) -> str:
+    return json.dumps(asdict(cfg), indent=1, sort_keys=True)
+
+
+def from_dict(d: dict[str, Any]) -> TrainConfig:
+    """A config from a saved dict; unknown keys are ignored, missing keys take the defaults."""
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in d.items() if k in names})
+
+
+def save_json(cfg: TrainConfig, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(to_json(cfg) + "\n")
+    tmp.replace(path)
+
+
+def _base_type(tp: Any) -> type:
+    if get_origin(tp) in (Union, getattr(__import__("types"), "UnionType", Union)):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def _parse_bool(text: str) -> bool:
+    t = str(text).strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
+    """argparse parser with one option per config field (booleans take --x / --no-x)."""
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description="Train the promptable ResEnc U-Net with dynamic prompt simulation (boxes, clicks on the "
+                    "model's own errors, previous mask). One process on CPU or one GPU; several GPUs with "
+                    "`torchrun --nproc_per_node=N -m training ...` (DistributedDataParallel).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints = get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        if not f.metadata.get("cli", True):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        tp = _base_type(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        if tp is bool:
+            ap.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                            help=f"{help_text} (default: {f.default})")
+        else:
+            ap.add_argument(flag, dest=f.name, type=tp, default=None, choices=f.metadata.get("choices"),
+                            help=f"{help_text} (default: {f.default!r})")
+    return ap
+
+
+def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, set[str]]:
+    """Parse the command line into a config; also return the names given explicitly."""
+    ns = build_parser().parse_args(argv)
+    given = {k for k, v in vars(ns).items() if v is not None}
+    cfg = TrainConfig(**{k: getattr(ns, k) for k in given})
+    return cfg, given
+
+
+def merge(saved: TrainConfig, overrides: TrainConfig, given: set[str]) -> TrainConfig:
+    """A saved config with the explicitly given options of `overrides` applied (for --resume)."""
+    d = asdict(saved)
+    d.update({k: getattr(overrides, k) for k in given})
+    return from_dict(d)
+
+
+__all__ = ["TrainConfig", "build_parser", "config_from_args", "from_dict", "merge", "save_json", "to_json",
+]

@@ -1,0 +1,124 @@
+"""Interaction simulation (the seed paper, section 2.3) and the loss.
+
+Stage 1 (no gradient) predicts from the box (or the no-box first click) with empty click channels.
+With probability p_click per batch the model's prediction is binarised (p > 0.5) into the previous-
+segmentation channel and a click is placed on its largest error component with the evaluator's rule
+(`evaluation.clicks.simulate_click`, the project's one implementation), drawn as the inference code
+draws clicks (`inference.prompts.draw_ball`); this repeats for k rounds. Stage 2 (with gradient)
+predicts from all prompts; the loss is dice_weight x (1 - soft Dice) + BCE on that prediction only.
+All masks and coordinates are in the patch grid, (z, y, x).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from evaluation.clicks import simulate_click
+from inference.network import CHANNELS
+from inference.prompts import draw_ball
+
+
+def binary_logit(logits: torch.Tensor) -> torch.Tensor:
+    """Foreground-vs-background logit (B, z, y, x) from the 2-class logits (B, 2, z, y, x)."""
+    return logits[:, 1] - logits[:, 0]
+
+
+def soft_dice(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice per sample (B,) of probabilities and a {0,1} target, both (B, z, y, x)."""
+    dims = tuple(range(1, prob.ndim))
+    inter = (prob * target).sum(dims)
+    return (2 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 10.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """dice_weight x (1 - mean per-sample soft Dice) + BCE on the binary logit; also the hard Dice."""
+    z = binary_logit(logits.float())
+    t = target.float()
+    bce = F.binary_cross_entropy_with_logits(z, t)
+    sd = soft_dice(torch.sigmoid(z), t)
+    loss = dice_weight * (1.0 - sd.mean()) + bce
+    with torch.no_grad():
+        hard = soft_dice((z > 0).float(), t, eps=1e-6)
+        empty = (t.flatten(1).sum(1) == 0) & ((z > 0).flatten(1).sum(1) == 0)
+        hard = torch.where(empty, torch.ones_like(hard), hard)
+    return loss, {"loss": float(loss.detach()), "bce": float(bce.detach()), "soft_dice": float(sd.mean().detach()),
+                  "dice": float(hard.mean())}
+
+
+def place_click(x: torch.Tensor, pred: np.ndarray, target: np.ndarray) -> str | None:
+    """Put the binarised prediction in prev_seg and draw the evaluator's click into x (8, z, y, x) in place.
+
+    Returns 'fg', 'bg', or None when the prediction has no error (then only prev_seg changes).
+    """
+    x[CHANNELS["prev_seg"]] = torch.from_numpy(pred.astype(np.float32)).to(x.device)
+    click = simulate_click(pred, target)
+    if click is None:
+        return None
+    coord, kind = click
+    ch = CHANNELS["click_pos"] if kind == "fg" else CHANNELS["click_neg"]
+    if x.device.type == "cpu":
+        draw_ball(x[ch], coord)
+    else:  # draw on a CPU copy of the channel, then copy back
+        c = x[ch].cpu()
+        draw_ball(c, coord)
+        x[ch].copy_(c)
+    return kind
+
+
+@dataclass
+class SimulationStats:
+    """What the simulation did for one batch."""
+
+    stage1_passes: int = 0
+    clicks_fg: int = 0
+    clicks_bg: int = 0
+    no_error: int = 0
+
+
+def simulate_prompts(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, target: torch.Tensor,
+                     has_box: torch.Tensor, rng: np.random.Generator, p_click: float = 0.5, rounds: int = 1,
+                     nobox_always_click: bool = False) -> tuple[torch.Tensor, SimulationStats]:
+    """The stage-2 input for a batch: x (B, 8, z, y, x) with k rounds of simulated clicks added, or x itself.
+
+    `predict` maps an input batch to foreground probabilities (B, z, y, x) without gradient. A batch
+    clicks with probability p_click (all its samples); with `nobox_always_click`, no-box samples click
+    in every batch. Batches that do not click skip stage 1 entirely.
+    """
+    stats = SimulationStats()
+    batch_clicks = bool(rng.random() < p_click)
+    chosen = torch.ones(len(x), dtype=torch.bool) if batch_clicks else torch.zeros(len(x), dtype=torch.bool)
+    if nobox_always_click:
+        chosen |= ~has_box.bool().cpu()
+    if not bool(chosen.any()):
+        return x, stats
+    x = x.clone()
+    tgt = target.bool().cpu().numpy()
+    for _ in range(rounds):
+        probs = predict(x)
+        stats.stage1_passes += 1
+        pred = (probs > 0.5).cpu().numpy()
+        for i in np.flatnonzero(chosen.numpy()):
+            kind = place_click(x[i], pred[i], tgt[i])
+            if kind == "fg":
+                stats.clicks_fg += 1
+            elif kind == "bg":
+                stats.clicks_bg += 1
+            else:
+                stats.no_error += 1
+    return x, stats
+
+
+def make_predict(net: torch.nn.Module, autocast: Callable[[], object] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A no-gradient stage-1 predictor: foreground probabilities (B, z, y, x) of a network."""
+    ctx = autocast or nullcontext
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), ctx():
+            logits = net(x)
+        return torch.sigmoid(binary_logit(logits.float()))
+    return predict

@@ -1,0 +1,554 @@
+"""The training loop: one process on CPU or GPU, or several GPUs/processes under torchrun (DDP).
+
+A run folder holds config.json, log.csv (step, loss, Dice, samples/s, lr, validation), curves.png,
+last.pt (the training checkpoint: native model + optimiser + step + config + RNG states, read with
+torch.load(weights_only=True)) and model.pt (the native inference checkpoint, loadable by
+inference.network.load_model). `--resume` continues from last.pt with the same next step: samples
+and simulated clicks are pure functions of (seed, rank, step), and the optimiser state is restored.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from inference.network import (PROFILES, LoadedModel, atomic_torch_save, checkpoint_dict, load_model, new_model,
+                               save_checkpoint)
+
+from . import config as C
+from .data import (CaseStore, PromptDataset, SampleOptions, StreamSampler, list_cases, make_loader,
+                   select_coreset, write_case_list)
+from .simulate import make_predict, segmentation_loss, simulate_prompts
+
+TRAIN_FORMAT = "segfm3d-train-v1"
+LOG_COLUMNS = ["step", "loss", "dice", "soft_dice", "bce", "samples_per_s", "s_per_step", "lr", "clicked",
+               "elapsed_s", "val_dsc_auc_box", "val_dsc_final_box", "val_dsc_auc_nobox", "val_dsc_final_nobox"]
+
+
+# ---------------------------------------------------------------------- processes and devices
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_from_env() -> Dist:
+    """RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE as torchrun sets them."""
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", 1))
+    return Dist(int(env.get("RANK", 0)), world, int(env.get("LOCAL_RANK", 0)),
+                int(env.get("LOCAL_WORLD_SIZE", world)))
+
+
+def pick_device(name: str, dist: Dist) -> torch.device:
+    """cuda:LOCAL_RANK when CUDA is present (auto), else cpu."""
+    if name == "auto":
+        return torch.device(f"cuda:{dist.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{dist.local_rank}")
+    return dev
+
+
+def configure_threads(threads: int, dist: Dist) -> int:
+    """torch intra-op threads: the given number, or this process's share of the usable cores."""
+    if threads <= 0:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cores = os.cpu_count() or 1
+        threads = max(1, cores // max(1, dist.local_world))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def init_distributed(dist: Dist, device: torch.device) -> None:
+    """Join the process group: nccl on CUDA, gloo on CPU."""
+    if dist.world > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def autocast_factory(device: torch.device, amp: str) -> tuple[Callable[[], Any], torch.dtype | None]:
+    """A zero-argument autocast context factory and its dtype (None: full precision)."""
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return nullcontext, None
+    if amp == "auto":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return (lambda: torch.autocast(device.type, dtype=dtype)), dtype
+
+
+# ---------------------------------------------------------------------- model
+def enable_grad_checkpointing(net: torch.nn.Module) -> int:
+    """Recompute each encoder stage in the backward pass (state-dict keys unchanged); returns the count."""
+    from torch.utils.checkpoint import checkpoint
+
+    stages = getattr(getattr(net, "encoder", None), "stages", None)
+    if stages is None:
+        raise ValueError("gradient checkpointing needs a network with encoder.stages")
+    for stage in stages:
+        inner = stage.forward
+
+        def fwd(x, _inner=inner):
+            if torch.is_grad_enabled():
+                return checkpoint(_inner, x, use_reentrant=False)
+            return _inner(x)
+        stage.forward = fwd
+    return len(stages)
+
+
+def freeze_unused_heads(net: torch.nn.Module) -> int:
+    """Freeze the deep-supervision heads that the forward pass does not use (DDP needs every trainable
+    parameter to get a gradient); returns the number of frozen tensors. They stay in the checkpoints."""
+    decoder = getattr(net, "decoder", None)
+    heads = getattr(decoder, "seg_layers", None)
+    if heads is None or getattr(decoder, "deep_supervision", False):
+        return 0
+    n = 0
+    for head in list(heads)[:-1]:
+        for p in head.parameters():
+            p.requires_grad_(False)
+            n += 1
+    return n
+
+
+def initial_model(cfg: C.TrainConfig) -> LoadedModel:
+    """The model to start from: --init (nnInteractive folder, native or training checkpoint) or a new profile."""
+    if cfg.init:
+        model = load_model(cfg.init)
+        model.meta = {**model.meta, "init": str(cfg.init)}
+        return model
+    if cfg.profile not in PROFILES:
+        raise ValueError(f"unknown --profile {cfg.profile!r}; choose from {sorted(PROFILES)}")
+    return new_model(cfg.profile, seed=cfg.seed)
+
+
+def check_patch(patch: tuple[int, int, int], model: LoadedModel) -> None:
+    for p, d in zip(patch, model.divisor):
+        if p % d:
+            raise ValueError(f"patch {patch} must be a multiple of {model.divisor} per axis for this network")
+
+
+# ---------------------------------------------------------------------- schedule
+def lr_at(step: int, cfg: C.TrainConfig) -> float:
+    """Learning rate of optimiser step `step` (0-based): linear warm-up, then constant, cosine or poly."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    t = min(1.0, max(0.0, (step - cfg.warmup_steps) / span))
+    if cfg.schedule == "cosine":
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "poly":
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 - t) ** cfg.poly_power
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+# ---------------------------------------------------------------------- checkpoints
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch RNG states as lists and tensors (safe for weights_only loading)."""
+    version, pstate, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(pstate), gauss],
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved."""
+    if "python" in state:
+        version, pstate, gauss = state["python"]
+        random.setstate((version, tuple(pstate), gauss))
+    if "numpy" in state:
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_checkpoint(model: LoadedModel, optimizer: torch.optim.Optimizer, step: int, cfg: C.TrainConfig,
+                        scaler: Any = None) -> dict[str, Any]:
+    """The self-describing training checkpoint (native model inside, so load_model reads it too)."""
+    ck = {
+        "format": TRAIN_FORMAT,
+        "model": checkpoint_dict(model, {"step": step, "trained_by": "training"}),
+        "optimizer": optimizer.state_dict(),
+        "step": int(step),
+        "config": asdict(cfg),
+        "rng": rng_state(),
+    }
+    if scaler is not None:
+        ck["scaler"] = scaler.state_dict()
+    return ck
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ck, dict) or ck.get("format") != TRAIN_FORMAT:
+        raise ValueError(f"{path}: not a training checkpoint ({TRAIN_FORMAT})")
+    return ck
+
+
+def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                state[k] = v.to(device)
+
+
+# ---------------------------------------------------------------------- logging
+class RunLog:
+    """log.csv with fixed columns and curves.png, written by rank 0 only."""
+
+    def __init__(self, out: Path, resume_step: int | None):
+        self.path = out / "log.csv"
+        self.png = out / "curves.png"
+        rows = []
+        if resume_step is not None and self.path.is_file():
+            with open(self.path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if r.get("step") and int(r["step"]) <= resume_step]
+        with open(self.path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, LOG_COLUMNS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in LOG_COLUMNS})
+
+    def write(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, LOG_COLUMNS)
+            w.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in LOG_COLUMNS})
+
+    def plot(self) -> None:
+        """Loss, Dice and validation curves against the step."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except Exception:  # matplotlib missing: the CSV is enough
+            return
+        with open(self.path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+
+        def series(key: str) -> tuple[list[int], list[float]]:
+            pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+            return [p[0] for p in pts], [p[1] for p in pts]
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        for ax, keys, title in ((axes[0], ["loss"], "loss"), (axes[1], ["dice", "soft_dice"], "train Dice"),
+                                (axes[2], ["val_dsc_final_box", "val_dsc_final_nobox"], "validation DSC_Final")):
+            for k in keys:
+                xs, ys = series(k)
+                if xs:
+                    ax.plot(xs, ys, label=k, marker="o" if k.startswith("val") else None, ms=3)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend()
+        fig.tight_layout()
+        tmp = self.png.with_name(".curves.tmp.png")
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+        os.replace(tmp, self.png)
+
+
+# ---------------------------------------------------------------------- the run
+@dataclass
+class Trainer:
+    """The state of a run, built by `setup` and advanced by `step`."""
+
+    cfg: C.TrainConfig
+    dist: Dist
+    device: torch.device
+    model: LoadedModel
+    net: torch.nn.Module            # the plain module (weights, checkpoints)
+    fwd: torch.nn.Module            # what stage 2 calls (DDP and/or compiled)
+    stage1: torch.nn.Module         # what stage 1 calls (no gradient, no DDP)
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    autocast: Callable[[], Any]
+    batches: Any
+    patch: tuple[int, int, int]
+    step: int = 0
+
+
+def setup(cfg: C.TrainConfig, given: set[str] | None = None) -> Trainer:
+    """Build (or resume) everything a run needs; returns the Trainer at its first step to run."""
+    dist = dist_from_env()
+    device = pick_device(cfg.device, dist)
+    init_distributed(dist, device)
+    out = Path(cfg.out)
+    resume_ck = None
+    if cfg.resume and (out / "last.pt").is_file():
+        resume_ck = load_training_checkpoint(out / "last.pt")
+        cfg = C.merge(C.from_dict(resume_ck["config"]), cfg, (given or set()) | {"resume"})
+    cfg.validate()
+    if device.type == "cpu":
+        configure_threads(cfg.threads, dist)
+    torch.manual_seed(cfg.seed)
+    model = load_model(out / "last.pt") if resume_ck is not None else initial_model(cfg)
+    patch = cfg.patch_size() or tuple(model.patch_size)
+    check_patch(patch, model)
+    model.patch_size = tuple(int(v) for v in patch)
+    model.meta = {**model.meta, "train_patch": list(patch)}
+    net = model.net.to(device).train()
+    freeze_unused_heads(net)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last_3d)
+    if cfg.grad_checkpoint:
+        enable_grad_checkpointing(net)
+    core = torch.compile(net) if cfg.compile else net
+    fwd = core
+    if dist.world > 1:
+        fwd = torch.nn.parallel.DistributedDataParallel(
+            core, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    autocast, amp_dtype = autocast_factory(device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
+    step = 0
+    if resume_ck is not None:
+        optimizer.load_state_dict(resume_ck["optimizer"])
+        optimizer_to(optimizer, device)
+        if scaler is not None and "scaler" in resume_ck:
+            scaler.load_state_dict(resume_ck["scaler"])
+        set_rng_state(resume_ck["rng"])
+        step = int(resume_ck["step"])
+    root = Path(cfg.data)
+    paths = list_cases(root)
+    if cfg.coreset < 1.0:
+        paths = select_coreset(paths, cfg.coreset, cfg.seed, root if root.is_dir() else None)
+        if dist.main:
+            write_case_list(paths, out / "coreset.txt", root if root.is_dir() else None)
+    store = CaseStore(paths, cfg.cache_dir or None, cfg.mmap_min_mb, cfg.ram_cache_mb)
+    dataset = PromptDataset(store, SampleOptions.from_config(cfg, patch), cfg.seed)
+    sampler = StreamSampler(cfg.batch_size, dist.rank, dist.world, start=step * cfg.accum)
+    workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
+    batches = make_loader(dataset, sampler, cfg.batch_size, workers, pin_memory=device.type == "cuda")
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        C.save_json(cfg, out / "config.json")
+    return Trainer(cfg, dist, device, model, net, fwd, core, optimizer, scaler, autocast, batches, patch, step)
+
+
+def train_step(tr: Trainer) -> dict[str, float]:
+    """One optimiser step (accum forward passes); returns the averaged metrics."""
+    cfg, dev = tr.cfg, tr.device
+    lr = lr_at(tr.step, cfg)
+    for group in tr.optimizer.param_groups:
+        group["lr"] = lr
+    predict = make_predict(tr.stage1, tr.autocast)
+    totals: dict[str, float] = {}
+    clicked = 0
+    for a in range(cfg.accum):
+        b = next(tr.batches)
+        x = b["input"].to(dev, non_blocking=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        target = b["target"].to(dev, non_blocking=True)
+        rng = np.random.default_rng([cfg.seed, 1, tr.dist.rank, tr.step, a])
+        x, sim = simulate_prompts(predict, x, target, b["has_box"], rng, cfg.p_click, cfg.click_rounds,
+                                  cfg.nobox_always_click)
+        clicked += sim.stage1_passes > 0
+        sync = a == cfg.accum - 1 or not isinstance(tr.fwd, torch.nn.parallel.DistributedDataParallel)
+        with (nullcontext() if sync else tr.fwd.no_sync()):
+            with tr.autocast():
+                logits = tr.fwd(x)
+            loss, parts = segmentation_loss(logits, target, cfg.dice_weight)
+            scaled = loss / cfg.accum
+            if tr.scaler is not None:
+                tr.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + v / cfg.accum
+    if tr.scaler is not None:
+        tr.scaler.unscale_(tr.optimizer)
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(tr.net.parameters(), cfg.grad_clip)
+    if tr.scaler is not None:
+        tr.scaler.step(tr.optimizer)
+        tr.scaler.update()
+    else:
+        tr.optimizer.step()
+    tr.optimizer.zero_grad(set_to_none=True)
+    tr.step += 1
+    totals["lr"] = lr
+    totals["clicked"] = clicked / cfg.accum
+    return totals
+
+
+def replica_spread(net: torch.nn.Module) -> float:
+    """Largest difference of any weight between the DDP replicas (0.0 when they are equal); a collective."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 0.0
+    flat = torch.cat([p.detach().float().flatten() for p in net.parameters()])
+    hi, lo = flat.clone(), flat
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    return float((hi - lo).abs().max())
+
+
+def save_all(tr: Trainer) -> None:
+    """last.pt (training), model.pt (native), optional step_N.pt and --export (rank 0 writes; all ranks call)."""
+    spread = replica_spread(tr.net) if tr.dist.world > 1 else 0.0
+    if not tr.dist.main:
+        return
+    out = Path(tr.cfg.out)
+    ck = training_checkpoint(tr.model, tr.optimizer, tr.step, tr.cfg, tr.scaler)
+    ck["world_size"] = tr.dist.world
+    ck["replica_spread"] = spread
+    if spread > 0:
+        print(f"warning: DDP replicas differ by up to {spread:.3g} at step {tr.step}", file=sys.stderr)
+    atomic_torch_save(ck, out / "last.pt")
+    if tr.cfg.keep_every > 0 and tr.step % tr.cfg.keep_every == 0:
+        atomic_torch_save(ck, out / f"step_{tr.step:07d}.pt")
+    meta = {"step": tr.step, "trained_by": "training"}
+    save_checkpoint(tr.model, out / "model.pt", meta)
+    if tr.cfg.export:
+        save_checkpoint(tr.model, tr.cfg.export, meta)
+
+
+_VAL_CASES: dict[tuple[str, int], Any] = {}
+
+
+def validation_case(path: Path, max_classes: int) -> Any:
+    """A held-out case for the harness, reduced to at most `max_classes` evenly spread classes (relabelled 1..K)."""
+    from evaluation.harness import Case, load_case
+
+    key = (str(path), int(max_classes))
+    if key not in _VAL_CASES:
+        case = load_case(path)
+        if 0 < max_classes < len(case.labels):
+            keep = np.unique(np.linspace(0, len(case.labels) - 1, max_classes).round().astype(int))
+            lut = np.zeros(int(case.gts.max()) + 1, dtype=np.uint8)
+            lut[np.asarray(case.labels)[keep]] = np.arange(1, len(keep) + 1)
+            case = Case(case.name, case.imgs, lut[case.gts], case.spacing, list(range(1, len(keep) + 1)), True)
+        _VAL_CASES[key] = case
+    return _VAL_CASES[key]
+
+
+def validate(model: LoadedModel, folder: str | os.PathLike, device: torch.device, max_cases: int = 2,
+             max_classes: int = 8) -> dict[str, float]:
+    """Mean DSC_AUC and DSC_Final over held-out cases, with and without boxes, replayed in-process by
+    evaluation.harness (box step + 5 simulated clicks) through the inference Predictor."""
+    from evaluation.harness import InProcessPredictor, find_cases, run_case
+    from inference.predictor import Predictor
+
+    threads = torch.get_num_threads()
+    paths = find_cases(folder)[: max_cases if max_cases > 0 else None]
+    if not paths:
+        return {}
+    net = model.net
+    was_training = net.training
+    try:
+        predictor = Predictor(model, device, per_class_run_s=1e9)  # no time-budget degradation in validation
+        runner = InProcessPredictor.from_model(predictor, name="training")
+        res: dict[str, float] = {}
+        for mode in ("box", "nobox"):
+            rows = [run_case(validation_case(p, max_classes), runner, mode == "box").row for p in paths]
+            res[f"val_dsc_auc_{mode}"] = float(np.mean([r["DSC_AUC"] for r in rows]))
+            res[f"val_dsc_final_{mode}"] = float(np.mean([r["DSC_Final"] for r in rows]))
+        return res
+    finally:
+        net.train(was_training)
+        torch.set_num_threads(threads)
+
+
+def run_validation(tr: Trainer) -> dict[str, float]:
+    """Validation metrics on the held-out cases (rank 0 only); empty when not configured."""
+    if not tr.cfg.val_data or not tr.dist.main:
+        return {}
+    return validate(tr.model, tr.cfg.val_data, tr.device, tr.cfg.val_max_cases, tr.cfg.val_max_classes)
+
+
+def train(cfg: C.TrainConfig, given: set[str] | None = None,
+          on_step: Callable[[Trainer, dict[str, float]], None] | None = None) -> Trainer:
+    """Run (or resume) training to cfg.steps; `on_step(trainer, metrics)` is called after every step
+    (after its logging, checkpoint and validation)."""
+    tr = setup(cfg, given)
+    cfg = tr.cfg
+    log = RunLog(Path(cfg.out), tr.step if tr.step > 0 else None) if tr.dist.main else None
+    bar = None
+    if tr.dist.main and cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.steps, initial=tr.step, desc="train", dynamic_ncols=True, file=sys.stderr)
+    acc: dict[str, float] = {}
+    n_acc, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
+    samples_per_step = cfg.batch_size * cfg.accum * tr.dist.world
+    while tr.step < cfg.steps:
+        metrics = train_step(tr)
+        for k, v in metrics.items():
+            acc[k] = acc.get(k, 0.0) + v
+        n_acc += 1
+        now = time.perf_counter()
+        sps = samples_per_step * n_acc / max(now - t_last, 1e-9)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", dice=f"{metrics['dice']:.3f}", sps=f"{sps:.2f}",
+                            lr=f"{metrics['lr']:.2e}")
+        if log is not None and (tr.step % cfg.log_every == 0 or tr.step == cfg.steps):
+            row = {k: v / n_acc for k, v in acc.items()}
+            row.update(step=tr.step, samples_per_s=sps, s_per_step=(now - t_last) / n_acc, lr=metrics["lr"],
+                       elapsed_s=now - t0)
+            log.write(row)
+            acc, n_acc, t_last = {}, 0, time.perf_counter()
+        if tr.step % cfg.ckpt_every == 0 or tr.step == cfg.steps:
+            save_all(tr)
+            if log is not None:
+                log.plot()
+        val_due = cfg.val_data and ((cfg.val_every > 0 and tr.step % cfg.val_every == 0) or tr.step == cfg.steps)
+        if val_due:
+            t_val = time.perf_counter()
+            res = run_validation(tr)
+            if log is not None and res:
+                log.write({"step": tr.step, **res})
+                log.plot()
+                if bar is not None:
+                    bar.write(f"step {tr.step}: validation " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()))
+            t_last += time.perf_counter() - t_val  # validation time is not training throughput
+        if tr.dist.world > 1 and val_due:
+            torch.distributed.barrier()
+        if on_step is not None:
+            on_step(tr, metrics)
+    if bar is not None:
+        bar.close()
+    return tr
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, given = C.config_from_args(argv)
+    try:
+        train(cfg, given)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
