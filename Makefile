@@ -8,6 +8,8 @@ TORCH_INDEX ?= $(TORCH_CPU_INDEX)
 WEIGHTS     ?= weights/default.pt
 CASES       ?= data/heldout
 OUT         ?= eval_out
+# predict.sh runs `python3` from PATH: the venv's comes first for every target.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: help install test demo eval bench data samples train-default docker clean
 
@@ -32,7 +34,7 @@ demo: $(VENV)/.installed  ## predict.sh over the sample cases: box + 5 clicks, t
 
 eval: $(VENV)/.installed  ## score predict.sh (subprocess, as the organizer) and the baselines on CASES (default data/heldout)
 	@test -d $(CASES) || { echo "no $(CASES): run 'make data' first (or CASES=samples)"; exit 2; }
-	$(PY) -m evaluation --cases $(CASES) --out $(OUT) --command "sh predict.sh" --workdir . --box-modes both --baselines
+	SEGFM_WEIGHTS=$(abspath $(WEIGHTS)) $(PY) -m evaluation --cases $(CASES) --out $(OUT) --command "sh predict.sh" --workdir . --both-box-modes --baselines
 
 bench: $(VENV)/.installed  ## inference, evaluation and training timings on this machine
 	$(PY) -m inference.bench

@@ -1,7 +1,7 @@
 """Command line: score predictors on training-format cases exactly as the organizers do.
 
     python -m evaluation --cases DIR --out DIR [--command CMD --workdir DIR | --inprocess]
-                         [--no-box | --both-box-modes] [--baselines] ...
+                         [--box-modes {box,nobox,both}] [--baselines] ...
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predictors", default="model", help=f"comma-separated predictors to score: model and/or {', '.join(BASELINES)} (default: model)")
     parser.add_argument("--baselines", action="store_true", help="also score the box-fill and empty baselines beside the model")
     box = parser.add_mutually_exclusive_group()
-    box.add_argument("--no-box", action="store_true", help="run without the box step (click-only use)")
-    box.add_argument("--both-box-modes", "--with-and-without-box", action="store_true", help="run every case with and without the box step, reported apart")
+    box.add_argument("--box-modes", choices=["box", "nobox", "both"], default=None, help="with the box step (default), without it (click-only use), or both, reported apart")
+    box.add_argument("--no-box", action="store_true", help="same as --box-modes nobox")
+    box.add_argument("--both-box-modes", "--with-and-without-box", action="store_true", help="same as --box-modes both")
     parser.add_argument("--physical-spacing", action="store_true", help="NSD with the physical (z, y, x) spacing instead of the organizer's as-stored (x, y, z) one")
     parser.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (default: 2.0)")
     parser.add_argument("--include-gts", action="store_true", help="also put 'gts' in the step inputs, as the organizer does for training files")
@@ -62,10 +63,9 @@ def build_predictors(args: argparse.Namespace) -> list[Predictor]:
             if args.inprocess:
                 from inference.predictor import load_predictor  # lazy: evaluation works without it
 
-                checkpoint = args.checkpoint if args.checkpoint and Path(args.checkpoint).exists() else None
-                if checkpoint is None:
-                    logging.getLogger("evaluation").warning("checkpoint %s not found; load_predictor(None)", args.checkpoint)
-                model = load_predictor(str(checkpoint) if checkpoint else None)
+                if not Path(args.checkpoint).exists():
+                    raise SystemExit(f"error: no checkpoint at {args.checkpoint} (give one with --checkpoint)")
+                model = load_predictor(str(args.checkpoint))
                 predictors.append(InProcessPredictor.from_model(model, name=args.name))
             else:
                 predictors.append(
@@ -82,7 +82,8 @@ def build_predictors(args: argparse.Namespace) -> list[Predictor]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    modes = ["box", "nobox"] if args.both_box_modes else (["nobox"] if args.no_box else ["box"])
+    choice = args.box_modes or ("both" if args.both_box_modes else ("nobox" if args.no_box else "box"))
+    modes = ["box", "nobox"] if choice == "both" else [choice]
     predictors = build_predictors(args)
     try:
         rows = evaluate_folder(

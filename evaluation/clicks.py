@@ -24,7 +24,7 @@ import edt as edt_lib
 import numpy as np
 from scipy import ndimage
 
-from evaluation.regions import bounding_box, box_start, class_boxes, union_slices
+from evaluation.regions import Slices, bounding_box, box_start, class_boxes, union_slices
 
 POOL_THRESHOLD_VOXELS = 60_000_000  # padded crops larger than this are 2x max-pooled first
 CLICK_SEED = 42
@@ -94,13 +94,13 @@ def click_from_error(error: np.ndarray, gt: np.ndarray, offset: Sequence[int] = 
     """
     if not error.any():
         return None
-    components = cc3d.connected_components(error.view(np.uint8) if error.dtype == bool else error.astype(np.uint8), connectivity=26)
-    stats = cc3d.statistics(components)
-    sizes = np.asarray(stats["voxel_counts"]).copy()
-    sizes[0] = 0
-    largest = int(np.argmax(sizes))
-    box = stats["bounding_boxes"][largest]
-    component = components[box] == largest
+    error = np.ascontiguousarray(error, dtype=bool)
+    components = cc3d.connected_components(error.view(np.uint8), connectivity=26)
+    sizes = np.bincount(components[error])  # voxels per cc3d label (label 0 never counted)
+    largest = int(np.argmax(sizes))  # ties: the lowest label, as np.argmax in the organizer
+    in_component = components == largest
+    box = bounding_box(in_component)
+    component = in_component[box]
     dz, dy, dx = _pick_maximum(component_distances(component))
     local = (box[0].start + dz, box[1].start + dy, box[2].start + dx)
     kind = "fg" if gt[local] else "bg"
@@ -121,13 +121,18 @@ def simulate_click(pred: np.ndarray, gt: np.ndarray) -> Click | None:
     return click_from_error(error[box], gt[box], box_start(box))
 
 
-def simulate_clicks(segs: np.ndarray, gts: np.ndarray, labels: Sequence[int]) -> list[Click | None]:
+def simulate_clicks(
+    segs: np.ndarray, gts: np.ndarray, labels: Sequence[int], gt_boxes: dict[int, Slices | None] | None = None
+) -> list[Click | None]:
     """Clicks of every class (sorted ids `labels`) for a uint8 previous prediction (z, y, x).
 
     Same result as `simulate_click(segs == c, gts == c)` per class, but each class is only
-    looked at inside the box of its prediction and ground truth.
+    looked at inside the box of its prediction and ground truth. `gt_boxes` (from
+    `regions.class_boxes(gts, labels)`) may be passed to skip recomputing them.
     """
-    seg_boxes, gt_boxes = class_boxes(segs, labels), class_boxes(gts, labels)
+    seg_boxes = class_boxes(segs, labels)
+    if gt_boxes is None:
+        gt_boxes = class_boxes(gts, labels)
     results: list[Click | None] = []
     for c in labels:
         box = union_slices(seg_boxes[int(c)], gt_boxes[int(c)])

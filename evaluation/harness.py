@@ -35,7 +35,7 @@ from evaluation.predictors import (  # noqa: F401 - re-exported: the harness's p
     StepRun,
     SubprocessPredictor,
 )
-from evaluation.regions import labels_of
+from evaluation.regions import class_boxes, labels_of
 from evaluation.report import ORGANIZER_COLUMNS, write_outputs
 
 log = logging.getLogger("evaluation")
@@ -162,6 +162,7 @@ def run_case(
     all_segs: list[np.ndarray] = []
     final_segs = None
     zeros = np.zeros(gts.shape, dtype=np.uint8)
+    gt_boxes = class_boxes(gts, labels)
 
     predictor.begin_case(name)
     try:
@@ -184,7 +185,7 @@ def run_case(
                 # what the organizer loads now: the outputs folder's file, or zeros
                 current, _ = check_output(*predictor.read_output(name), gts.shape)
                 prev_pred = current.astype(np.uint8) if current is not None else zeros
-                new_clicks = simulate_clicks(prev_pred, gts, labels)
+                new_clicks = simulate_clicks(prev_pred, gts, labels, gt_boxes)
                 for index, result in enumerate(new_clicks):
                     add_click(clicks, clicks_order, index, result)
                 record["clicks_added"] = [
@@ -205,7 +206,7 @@ def run_case(
             final_segs = scored
             if keep_segs:
                 all_segs.append(scored.astype(np.uint8))
-            m = step_metrics(gts, scored, case.spacing, labels, tolerance_mm, physical_spacing)
+            m = step_metrics(gts, scored, case.spacing, labels, tolerance_mm, physical_spacing, gt_boxes)
             dscs.append(m.dsc)
             nsds.append(m.nsd)
             metrics_row[f"RunningTime_{step}"] = run.seconds

@@ -31,7 +31,6 @@ _MAX_BALL_OFFSETS = 50_000  # above this the EDT path is always used
 _EDT_COST_PER_VOXEL = 25.0  # relative cost of one EDT voxel vs one ball probe (cost model)
 
 
-
 # --------------------------------------------------------------------------------------------
 # conventions
 # --------------------------------------------------------------------------------------------
@@ -86,38 +85,33 @@ def _ball(spacing: tuple[float, float, float], tolerance: float) -> tuple[np.nda
     return offsets, radius
 
 
-def within_tolerance(
+def _within_tolerance(
     points: np.ndarray,
     target: np.ndarray,
     spacing: tuple[float, float, float],
     tolerance: float,
+    ball: tuple[np.ndarray, np.ndarray] | None,
     method: str = "auto",
 ) -> np.ndarray:
-    """For each grid point (N, 3) (axis order as `target`), whether a True cell of `target`
-    lies within `tolerance` mm. method: 'auto', 'ball' (sparse search) or 'edt' (SciPy EDT)."""
+    """For cells given by flat indices into `target`'s grid, whether a True cell of `target`
+    lies within `tolerance` mm. The sparse ball search needs `target` to have a margin of at
+    least the ball radius around every point (so offsets never leave or wrap the grid)."""
     n = len(points)
     if n == 0:
         return np.zeros(0, dtype=bool)
     if not target.any():
         return np.zeros(n, dtype=bool)  # the organizer's distances are inf then
-    ball = _ball(spacing, float(tolerance)) if method in ("auto", "ball") else None
-    if method == "ball" and ball is None:
-        raise ValueError("tolerance ball too large for the sparse search")
-    if method == "auto" and ball is not None:
-        if n * len(ball[0]) > _EDT_COST_PER_VOXEL * target.size:
-            ball = None
-    if ball is None:
+    if ball is not None and method == "auto" and n * len(ball[0]) > _EDT_COST_PER_VOXEL * target.size:
+        ball = None
+    if ball is None or method == "edt":
         dist = ndimage.distance_transform_edt(~target, sampling=spacing)
-        return dist[tuple(points.T)] <= tolerance
-    offsets, radius = ball
-    padded = np.zeros(tuple(int(s + 2 * r) for s, r in zip(target.shape, radius)), dtype=bool)
-    padded[radius[0] : radius[0] + target.shape[0], radius[1] : radius[1] + target.shape[1], radius[2] : radius[2] + target.shape[2]] = target
-    strides = np.array([padded.shape[1] * padded.shape[2], padded.shape[2], 1], dtype=np.int64)
-    flat = padded.ravel()
+        return dist.ravel()[points] <= tolerance
+    offsets = ball[0] @ np.array(target.strides, dtype=np.int64) // target.itemsize
+    flat = target.ravel()
     remaining = np.arange(n)
-    remaining_idx = (points.astype(np.int64) + radius) @ strides
+    remaining_idx = points
     found = np.zeros(n, dtype=bool)
-    for step in offsets @ strides:
+    for step in offsets:
         hit = flat[remaining_idx + step]
         if hit.any():
             found[remaining[hit]] = True
@@ -138,17 +132,22 @@ def surface_dice_cropped(
     """NSD of two bool masks already cropped to a common box (spacing per array axis).
 
     0 when the prediction is empty (and the ground truth is not); NaN when both are empty.
+    method: 'auto', 'ball' (sparse search over the tolerance ball) or 'edt' (SciPy EDT).
     """
-    codes_gt, codes_pred = neighbour_codes(gt), neighbour_codes(pred)
+    ball = None if method == "edt" else _ball(spacing, float(tolerance_mm))
+    if method == "ball" and ball is None:
+        raise ValueError("tolerance ball too large for the sparse search")
+    margin = tuple(int(r) for r in ball[1]) if ball is not None else (0, 0, 0)
+    codes_gt, codes_pred = neighbour_codes(gt, margin), neighbour_codes(pred, margin)
     border_gt, border_pred = border_cells(codes_gt), border_cells(codes_pred)
-    points_gt, points_pred = np.argwhere(border_gt), np.argwhere(border_pred)
+    points_gt, points_pred = np.flatnonzero(border_gt), np.flatnonzero(border_pred)
     if len(points_gt) == 0 and len(points_pred) == 0:
         return float("nan")
     lut = surface_area_lut(spacing)
-    area_gt = lut[codes_gt[border_gt]]
-    area_pred = lut[codes_pred[border_pred]]
-    near_gt = within_tolerance(points_gt, border_pred, spacing, tolerance_mm, method)
-    near_pred = within_tolerance(points_pred, border_gt, spacing, tolerance_mm, method)
+    area_gt = lut[codes_gt.ravel()[points_gt]]
+    area_pred = lut[codes_pred.ravel()[points_pred]]
+    near_gt = _within_tolerance(points_gt, border_pred, spacing, tolerance_mm, ball, method)
+    near_pred = _within_tolerance(points_pred, border_gt, spacing, tolerance_mm, ball, method)
     overlap = area_gt[near_gt].sum() + area_pred[near_pred].sum()
     return float(overlap / (area_gt.sum() + area_pred.sum()))
 
@@ -224,12 +223,14 @@ def step_metrics(
     labels: Sequence[int] | None = None,
     tolerance_mm: float = NSD_TOLERANCE_MM,
     physical_spacing: bool = False,
+    gt_boxes: dict[int, Slices | None] | None = None,
 ) -> StepMetrics:
     """Case DSC and NSD of one prediction (z, y, x) as the organizer scores it.
 
     DSC: mean over classes present in the ground truth. NSD: mean over classes, computed only when
     the case DSC exceeds 0.2 (else 0), with the stored (x, y, z) spacing applied as the organizer
-    does unless `physical_spacing`.
+    does unless `physical_spacing`. `gt_boxes` (regions.class_boxes(gts, labels)) may be passed
+    to skip recomputing them.
     """
     if labels is None:
         labels = labels_of(gts)
@@ -239,7 +240,8 @@ def step_metrics(
     segs = metric_label_map(segs, max(labels))
     if segs.shape != gts.shape:
         raise ValueError(f"prediction shape {segs.shape} != ground truth shape {gts.shape}")
-    boxes_gt, boxes_pred = class_boxes(gts, labels), class_boxes(segs, labels)
+    boxes_gt = gt_boxes if gt_boxes is not None else class_boxes(gts, labels)
+    boxes_pred = class_boxes(segs, labels)
     crops = {c: union_slices(boxes_gt[c], boxes_pred[c]) for c in labels}
     dsc_per_class = []
     for c in labels:

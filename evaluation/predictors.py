@@ -59,19 +59,19 @@ class Predictor(ABC):
         """Release resources (temporary folders)."""
 
 
-def _read_only(value: Any) -> Any:
+def _fresh_copy(value: Any) -> Any:
+    """A private copy of one step-input value: the predictor may change it freely, as it could
+    change the file it reads in the organizer's setup, without touching the harness's state."""
     if isinstance(value, np.ndarray):
-        view = value.view()
-        view.flags.writeable = False
-        return view
+        return value.copy()
     return copy.deepcopy(value)
 
 
 class InProcessPredictor(Predictor):
     """Wraps a Python callable `fn(data) -> segs` (or `fn(data, case_name)` with pass_name).
 
-    `data` holds python objects (boxes / clicks as lists of dicts, clicks_order as lists) and
-    read-only arrays. An exception or a non-array result writes no output: the previous step's
+    `data` holds fresh copies: python objects (boxes / clicks as lists of dicts, clicks_order as
+    lists) and arrays. An exception or a non-array result writes no output: the previous step's
     output stays, as an unwritten file would for the organizer.
     """
 
@@ -90,17 +90,18 @@ class InProcessPredictor(Predictor):
         self._outputs.pop(case_name, None)
 
     def run(self, data: Mapping[str, Any], case_name: str) -> StepRun:
-        payload = {key: _read_only(value) for key, value in data.items()}
+        payload = {key: _fresh_copy(value) for key, value in data.items()}
+        kept = "; the previous output is kept, as an unwritten file would be" if case_name in self._outputs else ""
         start = time.perf_counter()
         try:
             result = self.fn(payload, case_name) if self.pass_name else self.fn(payload)
         except Exception as exc:  # noqa: BLE001 - a failing predictor must not stop the evaluation
-            return StepRun(time.perf_counter() - start, f"predictor raised {type(exc).__name__}: {exc}")
+            return StepRun(time.perf_counter() - start, f"predictor raised {type(exc).__name__}: {exc}{kept}")
         seconds = time.perf_counter() - start
         if isinstance(result, Mapping) and "segs" in result:
             result = result["segs"]
         if not isinstance(result, np.ndarray):
-            return StepRun(seconds, f"predictor returned {type(result).__name__}, not an array")
+            return StepRun(seconds, f"predictor returned {type(result).__name__}, not an array{kept}")
         self._outputs[case_name] = np.array(result, copy=True)
         return StepRun(seconds)
 

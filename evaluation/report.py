@@ -144,7 +144,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
             ax.set_xticks(range(1, 7))
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

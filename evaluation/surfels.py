@@ -136,19 +136,24 @@ def surface_area_lut(spacing: tuple[float, float, float]) -> np.ndarray:
     return lut
 
 
-def neighbour_codes(mask: np.ndarray) -> np.ndarray:
-    """8-bit neighbourhood code of every cell of a 3D bool mask, shape mask.shape + 1.
+def neighbour_codes(mask: np.ndarray, margin: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+    """8-bit neighbourhood code of every cell of a 3D bool mask, shape mask.shape + 1 + 2 * margin.
 
     Cell i (per axis) covers voxels i-1 and i, the outside being empty, exactly like the
-    organizer's zero-padded crop correlated with its 2x2x2 kernel (axis order as the mask).
+    organizer's zero-padded crop correlated with its 2x2x2 kernel (axis order as the mask);
+    `margin` adds that many empty cells (code 0) on both sides of each axis.
     """
-    padded = np.zeros(tuple(n + 2 for n in mask.shape), dtype=np.uint8)
-    padded[1:-1, 1:-1, 1:-1] = mask
-    n0, n1, n2 = (n + 1 for n in mask.shape)
-    codes = np.zeros((n0, n1, n2), dtype=np.uint8)
-    for (d0, d1, d2), bit in CORNER_BITS.items():
-        view = padded[d0 : d0 + n0, d1 : d1 + n1, d2 : d2 + n2]
-        codes |= view * np.uint8(bit)
+    m0, m1, m2 = (int(v) for v in margin)
+    n0, n1, n2 = mask.shape
+    padded = np.zeros((n0 + 2 + 2 * m0, n1 + 2 + 2 * m1, n2 + 2 + 2 * m2), dtype=np.uint8)
+    padded[1 + m0 : 1 + m0 + n0, 1 + m1 : 1 + m1 + n1, 1 + m2 : 1 + m2 + n2] = mask
+    # combine the 2 corners of each axis in turn: bit 1 << (7 - (4*d0 + 2*d1 + d2)) per corner
+    codes = padded[:, :, :-1] * np.uint8(2)
+    codes += padded[:, :, 1:]
+    pairs = codes[:, :-1] * np.uint8(4)
+    pairs += codes[:, 1:]
+    codes = pairs[:-1] * np.uint8(16)
+    codes += pairs[1:]
     return codes
 
 

@@ -248,7 +248,12 @@ def test_cli_with_baselines_and_inprocess_model(case_file, tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "inference", types.ModuleType("inference"))
     monkeypatch.setitem(sys.modules, "inference.predictor", fake)
     out = tmp_path / "cli"
-    code = main(["--cases", str(case_file.parent), "--out", str(out), "--inprocess", "--baselines", "--no-progress"])
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"")
+    args = ["--cases", str(case_file.parent), "--out", str(out), "--inprocess", "--baselines", "--no-progress"]
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        main(args + ["--checkpoint", str(tmp_path / "missing.pt")])
+    code = main(args + ["--checkpoint", str(checkpoint)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| model | box | CT | 1 |" in printed and "boxfill" in printed and "empty" in printed

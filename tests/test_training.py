@@ -13,9 +13,8 @@ from evaluation.boxes import boxes_from_gt
 from evaluation.clicks import simulate_click
 from inference.network import CHANNELS, PROFILES, load_model, new_model
 from training import config as C
-from training.data import (CaseStore, PromptDataset, SampleOptions, StreamSampler, collate, list_cases, make_sample,
-                           modality_of, organizer_box, select_coreset, synthetic_case, to_torch,
-                           write_synthetic_cases)
+from training.data import (CaseStore, SampleOptions, StreamSampler, list_cases, make_sample, modality_of,
+                           organizer_box, select_coreset, write_synthetic_cases)
 from training.simulate import place_click, segmentation_loss, simulate_prompts
 from training.train import lr_at, setup, train, train_step
 
@@ -235,6 +234,16 @@ def test_warm_start_from_nninteractive_folder(cases, tmp_path):
         assert torch.equal(got[k], v), k
     assert tr.patch == (16, 16, 16)
     train_step(tr)  # the 8-channel layout trains as is
+
+
+def test_grad_checkpoint_flips_and_accumulation_step(cases, tmp_path):
+    cfg = tiny_cfg(cases, tmp_path / "gc", grad_checkpoint=True, flip=True, accum=2, p_click=1.0,
+                   schedule="cosine", warmup_steps=1)
+    tr = setup(cfg)
+    before = {k: v.clone() for k, v in tr.net.state_dict().items()}
+    m = train_step(tr)
+    assert np.isfinite(m["loss"]) and m["clicked"] == 1.0 and tr.step == 1
+    assert any(not torch.equal(before[k], v) for k, v in tr.net.state_dict().items())
 
 
 # ---------------------------------------------------------------------- command line

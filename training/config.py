@@ -31,13 +31,13 @@ class TrainConfig:
                                        "instead of held in RAM")
     mmap_min_mb: float = opt(256.0, "volumes whose image+labels exceed this many MB are memory-mapped from "
                                     "--cache-dir; smaller ones are held decompressed in RAM")
-    ram_cache_mb: float = opt(8192.0, "RAM budget per process for decompressed volumes (least recently "
-                                      "used evicted)")
+    ram_cache_mb: float = opt(8192.0, "RAM budget per rank for decompressed volumes, shared out among its "
+                                      "workers (least recently used evicted)")
     num_workers: int = opt(-1, "DataLoader worker processes (-1: 0 on CPU, min(8, cores) on CUDA); workers "
                                "use the file system for sharing, not /dev/shm")
     # ---------------------------------------------------------------- model
-    profile: str = opt("lite", "network profile from inference.network.PROFILES (nninteractive, lite, "
-                               "lite-s, tiny); ignored for the architecture when --init is given")
+    profile: str = opt("lite", "network profile, a name of inference.network.PROFILES (nninteractive = "
+                               "ResEnc-L at 192^3; the lite ones for CPU; tiny for tests); unused with --init")
     init: str = opt("", "warm start: an nnInteractive v1.0 folder (plans.json + fold_*/checkpoint_final.pth), "
                         "a native checkpoint or a training checkpoint; empty = from scratch")
     patch: str = opt("", "patch size 'z,y,x' (default: the profile's or the checkpoint's patch)")
@@ -161,8 +161,9 @@ def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
         prog=prog,
         description="Train the promptable ResEnc U-Net with dynamic prompt simulation (boxes, clicks on the "
                     "model's own errors, previous mask). One process on CPU or one GPU; several GPUs with "
-                    "`torchrun --nproc_per_node=N -m training ...` (DistributedDataParallel).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "`torchrun --nproc_per_node=N -m training ...` (DistributedDataParallel). "
+                    "The run folder gets config.json, log.csv, curves.png, last.pt (training checkpoint, "
+                    "--resume continues it) and model.pt (native checkpoint for inference).")
     hints = get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         if not f.metadata.get("cli", True):

@@ -283,7 +283,7 @@ class RunLog:
 # ---------------------------------------------------------------------- the run
 @dataclass
 class Trainer:
-    """The state of a run, built by `setup` and advanced by `step`."""
+    """The state of a run, built by `setup` and advanced by `train_step`."""
 
     cfg: C.TrainConfig
     dist: Dist
@@ -297,6 +297,7 @@ class Trainer:
     autocast: Callable[[], Any]
     batches: Any
     patch: tuple[int, int, int]
+    dataset: PromptDataset
     step: int = 0
 
 
@@ -310,6 +311,8 @@ def setup(cfg: C.TrainConfig, given: set[str] | None = None) -> Trainer:
     if cfg.resume and (out / "last.pt").is_file():
         resume_ck = load_training_checkpoint(out / "last.pt")
         cfg = C.merge(C.from_dict(resume_ck["config"]), cfg, (given or set()) | {"resume"})
+    elif cfg.resume and dist.main:
+        print(f"--resume: no {out / 'last.pt'} yet, starting a new run", file=sys.stderr)
     cfg.validate()
     if device.type == "cpu":
         configure_threads(cfg.threads, dist)
@@ -348,15 +351,15 @@ def setup(cfg: C.TrainConfig, given: set[str] | None = None) -> Trainer:
         paths = select_coreset(paths, cfg.coreset, cfg.seed, root if root.is_dir() else None)
         if dist.main:
             write_case_list(paths, out / "coreset.txt", root if root.is_dir() else None)
-    store = CaseStore(paths, cfg.cache_dir or None, cfg.mmap_min_mb, cfg.ram_cache_mb)
+    workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
+    store = CaseStore(paths, cfg.cache_dir or None, cfg.mmap_min_mb, cfg.ram_cache_mb / max(1, workers))
     dataset = PromptDataset(store, SampleOptions.from_config(cfg, patch), cfg.seed)
     sampler = StreamSampler(cfg.batch_size, dist.rank, dist.world, start=step * cfg.accum)
-    workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
     batches = make_loader(dataset, sampler, cfg.batch_size, workers, pin_memory=device.type == "cuda")
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         C.save_json(cfg, out / "config.json")
-    return Trainer(cfg, dist, device, model, net, fwd, core, optimizer, scaler, autocast, batches, patch, step)
+    return Trainer(cfg, dist, device, model, net, fwd, core, optimizer, scaler, autocast, batches, patch, dataset, step)
 
 
 def train_step(tr: Trainer) -> dict[str, float]:
