@@ -5,7 +5,7 @@ set -eu
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 RUN=${RUN:-runs/default}
-STEPS=${STEPS:-2400}
+STEPS=${STEPS:-1400}
 resume=""
 [ -f "$RUN/last.pt" ] && resume="--resume"
 $PY -m training --data data/train --profile lite --out "$RUN" --steps "$STEPS" --batch-size 2 \
