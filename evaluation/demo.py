@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     modes = ("box", "nobox") if args.no_box else ("box",)
     t0 = time.time()
     evaluate_folder(args.cases, out, [model, make_baseline("boxfill")], modes, save_predictions=True)
-    print(f"\nscored in {time.time() - t0:.0f} s; per-case metrics in {out / 'metrics.csv'}")
+    print(f"\nscored in {time.time() - t0:.0f} s; per-case metrics in {out / 'metrics.csv'}\n")
+    print((out / "summary.md").read_text())
 
     rows = [r for r in read_csv(out / "metrics.csv") if r.get("Predictor") == "model"]
     print("\nRuntime of predict.sh per class per run (start-up and model loading included):")
