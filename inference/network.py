@@ -142,7 +142,7 @@ def new_model(profile: str | Profile, seed: int | None = 0) -> LoadedModel:
     if seed is not None:
         torch.manual_seed(seed)
     net = build_network(prof.arch)
-    net.apply(net.initialize) if hasattr(net, "initialize") else None
+    net.apply(net.initialize)
     return LoadedModel(net, tuple(prof.patch_size), copy.deepcopy(prof.arch), {"profile": prof.name})
 
 

@@ -6,7 +6,8 @@ import torch
 from inference import budget as B
 from inference.case_io import parse_case
 from inference.network import new_model
-from inference.predictor import Predictor, fallback_segs, prompt_extent, class_prompts
+from inference.predictor import Predictor, class_prompts, fallback_segs, prompt_extent
+from inference.prompts import image_stats
 
 
 class ScriptedPredictor(Predictor):
@@ -131,7 +132,8 @@ def test_fallback_segs_at_the_box_step_fills_boxes():
 def test_real_tiny_network_runs_on_reduced_patch():
     p = Predictor(new_model("tiny"), "cpu", max_zoom_outs=0)
     case = _case(k=2)
-    full = p.predict_class(case, 0, __import__("inference.prompts", fromlist=["x"]).image_stats(case.image), None, B.FULL)
-    red = p.predict_class(case, 0, __import__("inference.prompts", fromlist=["x"]).image_stats(case.image), None, B.REDUCED)
+    stats = image_stats(case.image)
+    full = p.predict_class(case, 0, stats, None, B.FULL)
+    red = p.predict_class(case, 0, stats, None, B.REDUCED)
     assert full[1].shape == (16, 16, 16) and red[1].shape == (8, 8, 8)
     assert torch.all((red[1] >= 0) & (red[1] <= 1))
