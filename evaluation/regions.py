@@ -15,6 +15,16 @@ def labels_of(gts: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(gts) if v != 0]
 
 
+def relabel_sequential(gts: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Label map (z, y, x) with its classes renumbered 1..N in sorted order, and the new ids [1..N]."""
+    labels = labels_of(gts)
+    if labels == list(range(1, len(labels) + 1)):
+        return gts, labels
+    lut = np.zeros(int(gts.max()) + 1, dtype=np.uint8 if len(labels) < 256 else np.uint16)
+    lut[labels] = np.arange(1, len(labels) + 1)
+    return lut[gts], list(range(1, len(labels) + 1))
+
+
 def bounding_box(mask: np.ndarray) -> Slices | None:
     """Bounding box of a 3D bool mask (z, y, x) as slices per axis, or None when empty."""
     slices = []

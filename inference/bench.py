@@ -42,11 +42,9 @@ def synthetic_case(shape: tuple[int, int, int], k: int, seed: int = 0) -> tuple[
 def write_inputs(folder: Path, img: np.ndarray, gts: np.ndarray, step: str, name: str) -> int:
     """Write one challenge input (box step, or a click step with a prev_pred and one click per class)."""
     from evaluation.boxes import boxes_from_gt
+    from evaluation.regions import relabel_sequential
 
-    labels = [int(v) for v in np.unique(gts) if v]
-    lut = np.zeros(max(labels) + 1, np.uint8)
-    lut[labels] = np.arange(1, len(labels) + 1)
-    gts, labels = lut[gts], list(range(1, len(labels) + 1))  # classes 1..K, as the challenge relabels them
+    gts, labels = relabel_sequential(gts)  # classes 1..K, as the challenge relabels them
     boxes = boxes_from_gt(gts, labels)
     data = {"imgs": img, "spacing": np.array([1.0, 1.0, 1.0]), "boxes": np.array(boxes, dtype=object)}
     if step == "click":
