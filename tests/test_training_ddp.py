@@ -23,7 +23,10 @@ def test_torchrun_two_processes_gloo(tmp_path):
            "--data", str(data), "--out", str(out), "--profile", "tiny", "--steps", "2", "--accum", "2",
            "--batch-size", "1", "--p-click", "1", "--threads", "1", "--cache-dir", "", "--no-progress", "--seed", "7"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    first_error = "\n".join(line for line in log.splitlines()
+                            if any(k in line for k in ("Error", "error", "terminate", "Traceback", "rank")))
+    assert proc.returncode == 0, first_error[:4000] + "\n---\n" + log[-4000:]
     ck = torch.load(out / "last.pt", weights_only=True)
     assert ck["step"] == 2 and ck["world_size"] == 2
     assert ck["replica_spread"] == 0.0  # every weight identical on both ranks

@@ -9,6 +9,7 @@ and simulated clicks are pure functions of (seed, rank, step), and the optimiser
 from __future__ import annotations
 
 import csv
+import gc
 import math
 import os
 import random
@@ -301,6 +302,16 @@ class Trainer:
     step: int = 0
 
 
+def to_channels_last(net: torch.nn.Module) -> torch.nn.Module:
+    """channels_last_3d for the convolutions; weights with a 1x1x1 kernel keep the standard strides (the two
+    layouts are the same memory, but DDP compares strides and would warn about every such gradient)."""
+    net = net.to(memory_format=torch.channels_last_3d)
+    for p in net.parameters():
+        if p.dim() == 5 and p.shape[2:] == (1, 1, 1):
+            p.data = p.data.clone(memory_format=torch.contiguous_format)
+    return net
+
+
 def setup(cfg: C.TrainConfig, given: set[str] | None = None) -> Trainer:
     """Build (or resume) everything a run needs; returns the Trainer at its first step to run."""
     dist = dist_from_env()
@@ -325,14 +336,15 @@ def setup(cfg: C.TrainConfig, given: set[str] | None = None) -> Trainer:
     net = model.net.to(device).train()
     freeze_unused_heads(net)
     if cfg.channels_last:
-        net = net.to(memory_format=torch.channels_last_3d)
+        net = to_channels_last(net)
     if cfg.grad_checkpoint:
         enable_grad_checkpointing(net)
     core = torch.compile(net) if cfg.compile else net
     fwd = core
     if dist.world > 1:
+        # Gradients as views of DDP's buckets: no copy, and no stride warning for 1x1x1 channels_last weights.
         fwd = torch.nn.parallel.DistributedDataParallel(
-            core, device_ids=[device.index] if device.type == "cuda" else None)
+            core, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     autocast, amp_dtype = autocast_factory(device, cfg.amp)
@@ -547,11 +559,24 @@ def train(cfg: C.TrainConfig, given: set[str] | None = None,
     return tr
 
 
+def leave_process_group(tr: Trainer | None) -> None:
+    """Orderly DDP exit: wait for every rank, free the DDP wrapper (its reducer holds the process group), then
+    destroy the group. A rank that tears gloo down while its peer is still saving or plotting, or a group destroyed
+    only at interpreter shutdown, can abort the process ('terminate called without an active exception')."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if tr is not None:
+        torch.distributed.barrier()
+        tr.fwd = tr.stage1 = None  # type: ignore[assignment]
+    gc.collect()
+    torch.distributed.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg, given = C.config_from_args(argv)
+    tr = None
     try:
-        train(cfg, given)
+        tr = train(cfg, given)
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        leave_process_group(tr)
     return 0
