@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=os.environ.get("SEGFM_DEVICE"), help="cpu or cuda (default: cuda when present)")
     ap.add_argument("--per-class-run-s", type=float, default=float(os.environ.get("SEGFM_PER_CLASS_RUN_S", 15.0)),
                     help="time budget per class per run in seconds (default 15 = 90 s over 6 runs)")
+    ap.add_argument("--tta", type=int, choices=(1, 2, 4, 8), default=os.environ.get("SEGFM_TTA", "1"),
+                    help="test-time augmentation: average this many mirrored copies per network run "
+                         "(1 = off; 2 = x; 4 = x, y; 8 = all axes; default: $SEGFM_TTA or 1)")
     ap.add_argument("--quiet", action="store_true", help="print only errors")
     args = ap.parse_args(argv)
 
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t_load = time.time()
     predictor = load_predictor(args.weights, args.device, per_class_run_s=args.per_class_run_s,
-                               verbose=not args.quiet)
+                               verbose=not args.quiet, tta=args.tta)
     if not args.quiet:
         print(f"model {predictor.model.source} on {predictor.device} loaded in {time.time() - t_load:.2f} s "
               f"({time.time() - process_start:.2f} s since start)", file=sys.stderr)

@@ -75,6 +75,15 @@ def touches_border(mask: torch.Tensor, window: Window) -> bool:
     return False
 
 
+# Test-time augmentation: the mirror sets (spatial axes of (z, y, x)) averaged for each --tta level.
+TTA_FLIPS: dict[int, tuple[tuple[int, ...], ...]] = {
+    1: ((),),
+    2: ((), (2,)),
+    4: ((), (2,), (1,), (1, 2)),
+    8: ((), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)),
+}
+
+
 def reduced_patch(patch: tuple[int, int, int], divisor: tuple[int, int, int]) -> tuple[int, int, int]:
     """Half the patch per axis, rounded to a multiple of the network's divisor."""
     return tuple(max(d, int(round(p / 2 / d)) * d) for p, d in zip(patch, divisor))
@@ -85,7 +94,7 @@ class Predictor:
 
     def __init__(self, model: LoadedModel, device: torch.device | str | None = None,
                  max_zoom_outs: int = 3, zoom_out_factor: float = 1.5, per_class_run_s: float = 15.0,
-                 verbose: bool = False):
+                 verbose: bool = False, tta: int = 1):
         self.device = torch.device(device) if device is not None else default_device()
         if self.device.type == "cpu":
             configure_cpu_threads()
@@ -95,6 +104,9 @@ class Predictor:
         self.zoom_out_factor = zoom_out_factor
         self.per_class_run_s = per_class_run_s
         self.verbose = verbose
+        if tta not in TTA_FLIPS:
+            raise ValueError(f"tta must be one of {sorted(TTA_FLIPS)} (mirrored copies averaged), not {tta}")
+        self.tta = tta
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device=None, **kw) -> "Predictor":
@@ -104,20 +116,26 @@ class Predictor:
 
     # ------------------------------------------------------------------ one network run
     @torch.inference_mode()
-    def run_network(self, x: torch.Tensor) -> torch.Tensor:
-        """Foreground probability (pz, py, px) for one encoded input (8, pz, py, px)."""
-        inp = x.unsqueeze(0).to(self.device, non_blocking=True)
+    def run_network(self, x: torch.Tensor, tta: int = 1) -> torch.Tensor:
+        """Foreground probability (pz, py, px) for one encoded input (8, pz, py, px); with tta > 1 the mean
+        over that many mirrored copies (one batch), each mirrored back."""
+        flips = TTA_FLIPS[tta]
+        x = x.to(self.device, non_blocking=True)
+        inp = torch.stack([torch.flip(x, [a + 1 for a in f]) if f else x for f in flips])
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
                 logits = self.model.net(inp)
         else:
             logits = self.model.net(inp)
         logits = logits.float()
-        return torch.sigmoid(logits[0, 1] - logits[0, 0]).cpu()
+        probs = torch.sigmoid(logits[:, 1] - logits[:, 0])
+        mean = sum(torch.flip(p, list(f)) if f else p for p, f in zip(probs, flips)) / len(flips)
+        return mean.cpu()
 
-    def predict_window(self, case: Case, c: int, stats: ImageStats, window: Window, prompts: ClassPrompts) -> torch.Tensor:
+    def predict_window(self, case: Case, c: int, stats: ImageStats, window: Window, prompts: ClassPrompts,
+                       tta: int = 1) -> torch.Tensor:
         x = encode(window, case.image, stats, prompts, case.prev_pred, c + 1)
-        return self.run_network(x)
+        return self.run_network(x, tta)
 
     # ------------------------------------------------------------------ one class
     def predict_class(self, case: Case, c: int, stats: ImageStats, prev_slices, level: int,
@@ -131,8 +149,9 @@ class Predictor:
         if level == B.REDUCED:
             patch = reduced_patch(patch, self.model.divisor)
         window = Window.around(extent[0], extent[1], patch, case.shape)
+        tta = self.tta if level != B.REDUCED else 1  # the reduced level is for saving time
         t0 = time.perf_counter()
-        probs = self.predict_window(case, c, stats, window, prompts)
+        probs = self.predict_window(case, c, stats, window, prompts, tta)
         if budget is not None and level != B.REDUCED:
             budget.record_run(time.perf_counter() - t0)
         zoom_outs = 0
@@ -141,7 +160,7 @@ class Predictor:
             if bigger.size == window.size or (budget is not None and budget.level(1) != B.FULL):
                 break
             t0 = time.perf_counter()
-            window, probs = bigger, self.predict_window(case, c, stats, bigger, prompts)
+            window, probs = bigger, self.predict_window(case, c, stats, bigger, prompts, tta)
             if budget is not None:
                 budget.record_run(time.perf_counter() - t0)
             zoom_outs += 1

@@ -18,7 +18,7 @@ class ScriptedPredictor(Predictor):
         self.response = response
         self.windows = []
 
-    def predict_window(self, case, c, stats, window, prompts):
+    def predict_window(self, case, c, stats, window, prompts, tta=1):
         self.windows.append(window)
         if self.response == "all":
             return torch.ones(window.patch)
@@ -100,7 +100,7 @@ class SlowPredictor(ScriptedPredictor):
         super().__init__(**kw)
         self.clock = clock
 
-    def predict_window(self, case, c, stats, window, prompts):
+    def predict_window(self, case, c, stats, window, prompts, tta=1):
         self.clock.t += 5.0  # every network run costs 5 s
         return super().predict_window(case, c, stats, window, prompts)
 
@@ -137,3 +137,23 @@ def test_real_tiny_network_runs_on_reduced_patch():
     red = p.predict_class(case, 0, stats, None, B.REDUCED)
     assert full[1].shape == (16, 16, 16) and red[1].shape == (8, 8, 8)
     assert torch.all((red[1] >= 0) & (red[1] <= 1))
+
+
+def test_tta_is_the_mean_over_mirrored_copies():
+    torch.manual_seed(0)
+    p2 = Predictor(new_model("tiny", seed=3), "cpu", tta=2)
+    x = torch.randn(8, *p2.model.patch_size)
+    plain = p2.run_network(x, 1)
+    mirrored = torch.flip(p2.run_network(torch.flip(x, [3]), 1), [2])  # x axis of (8, z, y, x) / (z, y, x)
+    assert not torch.allclose(plain, mirrored)  # a random network is not mirror-symmetric
+    assert torch.allclose(p2.run_network(x, 2), (plain + mirrored) / 2, atol=1e-6)
+    eight = p2.run_network(x, 8)
+    assert eight.shape == plain.shape and float(eight.min()) >= 0 and float(eight.max()) <= 1
+
+
+def test_tta_runs_through_a_case_and_rejects_unknown_levels():
+    case = _case(k=2)
+    segs = Predictor(new_model("tiny", seed=3), "cpu", tta=4, max_zoom_outs=0).predict_case(case)
+    assert segs.shape == case.shape and segs.dtype == np.uint8
+    with pytest.raises(ValueError, match="tta"):
+        Predictor(new_model("tiny"), "cpu", tta=3)
