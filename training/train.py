@@ -342,7 +342,7 @@ def setup(cfg: C.TrainConfig, given: set[str] | None = None) -> Trainer:
     core = torch.compile(net) if cfg.compile else net
     fwd = core
     if dist.world > 1:
-        # Gradients as views of DDP's buckets: no copy, and no stride warning for 1x1x1 channels_last weights.
+        # Gradients as views of DDP's buckets: no copy between the gradients and the all-reduce buffers.
         fwd = torch.nn.parallel.DistributedDataParallel(
             core, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
