@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/curve"), help="output folder")
     ap.add_argument("--box-modes", default="box,nobox", help="comma-separated: box, nobox")
     ap.add_argument("--seconds-per-step", type=float, default=0.0,
-                    help="to label the x axis in hours too (measured s/step of the run)")
+                    help="measured seconds per step of the run, noted in the x-axis label")
     args = ap.parse_args(argv)
 
     from evaluation.baselines import make_baseline
@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in args.box_modes.split(",") if m]
     rows = []
     base = evaluate_folder(args.cases, args.out / "boxfill", make_baseline("boxfill"), modes, progress=False)
-    for ckpt in sorted(args.checkpoints, key=snapshot_step):
-        step = snapshot_step(ckpt)
+    steps_of = {ckpt: snapshot_step(ckpt) for ckpt in args.checkpoints}  # one read of each file for its step
+    for ckpt in sorted(args.checkpoints, key=steps_of.get):
+        step = steps_of[ckpt]
         model = InProcessPredictor.from_model(load_predictor(ckpt, "cpu"))
         for r in evaluate_folder(args.cases, args.out / f"step{step}", model, modes, progress=False):
             rows.append({"step": step, "mode": r["BoxMode"], "case": r["CaseName"], "DSC_1": r["DSC_1"],
