@@ -16,6 +16,7 @@ import torch
 from scipy import ndimage
 
 from . import budget as B
+from . import precision as P
 from .case_io import Case, parse_case
 from .fusion import ProductBackgroundFusion
 from .network import LoadedModel, load_model
@@ -49,12 +50,13 @@ def class_prompts(case: Case, c: int) -> ClassPrompts:
 
 
 def prompt_extent(prompts: ClassPrompts, prev_slices: tuple[slice, ...] | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """Inclusive (lo, hi) (z, y, x) over the box, every click and the previous mask; None when empty."""
+    """Inclusive (lo, hi) (z, y, x) over the box, every click, lasso and scribble voxel and the previous mask;
+    None when empty."""
     los, his = [], []
     if prompts.box is not None:
         los.append(np.asarray(prompts.box[0]))
         his.append(np.asarray(prompts.box[1]))
-    pts = np.concatenate([prompts.fg.reshape(-1, 3), prompts.bg.reshape(-1, 3)])
+    pts = prompts.points()
     if len(pts):
         los.append(pts.min(0))
         his.append(pts.max(0))
@@ -94,8 +96,10 @@ class Predictor:
 
     def __init__(self, model: LoadedModel, device: torch.device | str | None = None,
                  max_zoom_outs: int = 3, zoom_out_factor: float = 1.5, per_class_run_s: float = 15.0,
-                 verbose: bool = False, tta: int = 1):
+                 verbose: bool = False, tta: int = 1, precision: str | None = None):
         self.device = torch.device(device) if device is not None else default_device()
+        self.precision = P.resolve(self.device, precision)  # $SEGFM_PRECISION when None
+        self._autocast = P.autocast(self.device, self.precision)
         if self.device.type == "cpu":
             configure_cpu_threads()
         self.model = model
@@ -122,12 +126,8 @@ class Predictor:
         flips = TTA_FLIPS[tta]
         x = x.to(self.device, non_blocking=True)
         inp = torch.stack([torch.flip(x, [a + 1 for a in f]) if f else x for f in flips])
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
-                logits = self.model.net(inp)
-        else:
-            logits = self.model.net(inp)
-        logits = logits.float()
+        with self._autocast():
+            logits = self.model.net(inp).float()
         probs = torch.sigmoid(logits[:, 1] - logits[:, 0])
         mean = sum(torch.flip(p, list(f)) if f else p for p, f in zip(probs, flips)) / len(flips)
         return mean.cpu()
