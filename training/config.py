@@ -81,6 +81,8 @@ class TrainConfig:
     weight_decay: float = opt(1e-2, "AdamW weight decay")
     schedule: str = opt("constant", "learning-rate schedule after warm-up", ("constant", "cosine", "poly"))
     warmup_steps: int = opt(0, "linear warm-up steps from 0 to --lr")
+    decay_from: int = opt(0, "cosine/poly: hold --lr until this step, then decay to --min-lr at --steps "
+                             "(0: decay from the end of the warm-up); lets a run grow over sessions")
     min_lr: float = opt(0.0, "final learning rate of the cosine/poly schedules")
     poly_power: float = opt(0.9, "exponent of the poly schedule")
     dice_weight: float = opt(10.0, "loss = dice_weight * (1 - soft Dice) + BCE")
@@ -100,6 +102,8 @@ class TrainConfig:
     ckpt_every: int = opt(50, "write <out>/last.pt (training checkpoint) and <out>/model.pt (native) "
                               "every N steps, and at the end")
     keep_every: int = opt(0, "also keep <out>/step_<N>.pt every N steps (0: never)")
+    snapshot_every: int = opt(0, "also keep the native model as <out>/snapshots/model_<step>.pt every N steps, for "
+                                 "`python -m training.curve` (0: never)")
     export: str = opt("", "also write the native inference checkpoint to this path at every checkpoint")
     log_every: int = opt(10, "write a log.csv row every N steps (loss and Dice averaged over them)")
     resume: bool = opt(False, "continue from <out>/last.pt exactly where it stopped (same next step)")

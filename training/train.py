@@ -176,8 +176,9 @@ def lr_at(step: int, cfg: C.TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    t = min(1.0, max(0.0, (step - cfg.warmup_steps) / span))
+    start = max(cfg.warmup_steps, cfg.decay_from)
+    span = max(1, cfg.steps - start)
+    t = min(1.0, max(0.0, (step - start) / span))
     if cfg.schedule == "cosine":
         return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
     if cfg.schedule == "poly":
@@ -466,8 +467,11 @@ def save_all(tr: Trainer) -> None:
     atomic_torch_save(ck, out / "last.pt")
     if tr.cfg.keep_every > 0 and tr.step % tr.cfg.keep_every == 0:
         atomic_torch_save(ck, out / f"step_{tr.step:07d}.pt")
-    meta = {"step": tr.step, "trained_by": "training"}
+    meta = {"step": tr.step, "trained_by": "training", "mixture": Mixture.from_config(tr.cfg).as_dict(),
+            "train_config": asdict(tr.cfg)}
     save_checkpoint(tr.model, out / "model.pt", meta)
+    if tr.cfg.snapshot_every > 0 and tr.step % tr.cfg.snapshot_every == 0:
+        save_checkpoint(tr.model, out / "snapshots" / f"model_{tr.step:06d}.pt", meta)
     if tr.cfg.export:
         save_checkpoint(tr.model, tr.cfg.export, meta)
 
