@@ -1,8 +1,10 @@
 """`python -m training.curve`: held-out Dice against training time, from snapshots of a run's model.
 
-Scores each native checkpoint (e.g. copies of `<run>/model.pt` taken while the run trained) with the
+Scores each native checkpoint (`<run>/snapshots/model_<step>.pt`, written with `--snapshot-every`) with the
 evaluation harness in-process on held-out cases, with and without boxes, and writes a CSV and a PNG of
-DSC_1 (box step), DSC_Final and DSC_AUC/4 against the training step, beside the box-fill baseline.
+DSC_1 (box step), DSC_Final and DSC_AUC/4 against the training step (or, with `--log`, the training hours
+read from the run's log.csv, summed over resumed sessions), one panel per box mode, one line per case,
+beside the box-fill baseline. `--max-classes K` scores K evenly spread classes per case (cheaper).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import csv
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -19,67 +22,95 @@ def snapshot_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True).get("meta", {}).get("step", -1))
 
 
+def training_hours(log_csv: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, cumulative training hours) from a run's log.csv: the sum of s_per_step over the logged steps
+    (validation time excluded; resumed sessions add up, since the log keeps every row)."""
+    steps, seconds, last = [0], [0.0], 0
+    with open(log_csv, newline="") as fh:
+        for r in csv.DictReader(fh):
+            if not r.get("s_per_step"):
+                continue
+            step = int(r["step"])
+            seconds.append(seconds[-1] + float(r["s_per_step"]) * (step - last))
+            steps.append(step)
+            last = step
+    return np.asarray(steps), np.asarray(seconds) / 3600.0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.curve", description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+", type=Path, help="native checkpoints (model.pt snapshots)")
     ap.add_argument("--cases", default="data/heldout", help="held-out cases (training-format npz)")
     ap.add_argument("--out", type=Path, default=Path("runs/curve"), help="output folder")
     ap.add_argument("--box-modes", default="box,nobox", help="comma-separated: box, nobox")
-    ap.add_argument("--seconds-per-step", type=float, default=0.0,
-                    help="measured seconds per step of the run, noted in the x-axis label")
+    ap.add_argument("--max-classes", type=int, default=0, help="score at most K evenly spread classes per case (0: all)")
+    ap.add_argument("--log", type=Path, default=None, help="the run's log.csv: plot against training hours")
     args = ap.parse_args(argv)
 
     from evaluation.baselines import make_baseline
-    from evaluation.harness import InProcessPredictor, evaluate_folder
+    from evaluation.harness import InProcessPredictor, find_cases, run_case
     from inference.predictor import load_predictor
 
+    from .train import validation_case
+
     modes = [m for m in args.box_modes.split(",") if m]
+    cases = [validation_case(p, args.max_classes) for p in find_cases(args.cases)]
+    base = {(c.name, m): run_case(c, make_baseline("boxfill"), m == "box").row["DSC_Final"] for c in cases for m in modes}
+    hours_of = training_hours(args.log) if args.log else None
     rows = []
-    base = evaluate_folder(args.cases, args.out / "boxfill", make_baseline("boxfill"), modes, progress=False)
     steps_of = {ckpt: snapshot_step(ckpt) for ckpt in args.checkpoints}  # one read of each file for its step
     for ckpt in sorted(args.checkpoints, key=steps_of.get):
         step = steps_of[ckpt]
-        model = InProcessPredictor.from_model(load_predictor(ckpt, "cpu"))
-        for r in evaluate_folder(args.cases, args.out / f"step{step}", model, modes, progress=False):
-            rows.append({"step": step, "mode": r["BoxMode"], "case": r["CaseName"], "DSC_1": r["DSC_1"],
-                         "DSC_Final": r["DSC_Final"], "DSC_AUC": r["DSC_AUC"], "NSD_Final": r["NSD_Final"]})
-            print(f"step {step:5d} {r['BoxMode']:5s} {r['CaseName']}: DSC_1 {r['DSC_1']:.3f} "
-                  f"DSC_Final {r['DSC_Final']:.3f} DSC_AUC {r['DSC_AUC']:.3f}", flush=True)
+        hours = float(np.interp(step, *hours_of)) if hours_of is not None else float("nan")
+        model = InProcessPredictor.from_model(load_predictor(ckpt, "cpu", per_class_run_s=1e9))
+        for case in cases:
+            for mode in modes:
+                r = run_case(case, model, mode == "box").row
+                rows.append({"step": step, "hours": round(hours, 3), "mode": mode, "case": case.name,
+                             "classes": len(case.labels), "DSC_1": r["DSC_1"], "DSC_Final": r["DSC_Final"],
+                             "DSC_AUC": r["DSC_AUC"], "NSD_Final": r["NSD_Final"],
+                             "boxfill_DSC_Final": base[(case.name, mode)]})
+                print(f"step {step:6d} ({hours:.2f} h) {mode:5s} {case.name}: DSC_1 {r['DSC_1']:.3f} "
+                      f"DSC_Final {r['DSC_Final']:.3f} DSC_AUC {r['DSC_AUC']:.3f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "curve.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    plot(rows, modes, args.out / "curve.png", hours=hours_of is not None)
+    print(f"wrote {args.out / 'curve.csv'} and {args.out / 'curve.png'}")
+    return 0
 
+
+def plot(rows: list[dict], modes: list[str], dest: Path, hours: bool) -> None:
+    """DSC_Final (solid) and DSC_1 (dotted, box mode) per case against step or hours, box-fill dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False)
+    xkey = "hours" if hours else "step"
+    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.2), squeeze=False)
+    cases = sorted({r["case"] for r in rows})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, mode in zip(axes[0], modes):
-        sel = [r for r in rows if r["mode"] == mode]
-        steps = sorted({r["step"] for r in sel})
-        for key, style in (("DSC_1", "o-"), ("DSC_Final", "s-"), ("DSC_AUC", "^-")):
-            if mode == "nobox" and key == "DSC_1":
-                continue
-            ys = [sum(r[key] for r in sel if r["step"] == s) / max(1, sum(r["step"] == s for r in sel)) for s in steps]
-            if key == "DSC_AUC":
-                ys = [y / 4 for y in ys]
-            ax.plot(steps, ys, style, label=key + (" / 4" if key == "DSC_AUC" else ""))
-        for r in base:
-            if r["BoxMode"] == mode:
-                ax.axhline(r["DSC_Final"], color="grey", ls="--", lw=1, label="box-fill baseline DSC_Final")
-        ax.set_title(f"held-out, {'with' if mode == 'box' else 'without'} box")
-        ax.set_xlabel("training step" + (f" ({args.seconds_per_step:.2f} s/step on 2 cores)" if args.seconds_per_step else ""))
+        for i, case in enumerate(cases):
+            sel = sorted((r for r in rows if r["mode"] == mode and r["case"] == case), key=lambda r: r[xkey])
+            xs = [r[xkey] for r in sel]
+            col = colours[i % len(colours)]
+            ax.plot(xs, [r["DSC_Final"] for r in sel], "o-", color=col, ms=3, label=f"{case} DSC_Final")
+            if mode == "box":
+                ax.plot(xs, [r["DSC_1"] for r in sel], "o:", color=col, ms=2, label=f"{case} DSC_1")
+            ax.axhline(sel[0]["boxfill_DSC_Final"], color=col, ls="--", lw=0.8)
+        ax.set_title(f"held-out, {'with' if mode == 'box' else 'without'} box (dashed: box-fill DSC_Final)")
+        ax.set_xlabel("training hours on 2 CPU cores" if hours else "training step")
         ax.set_ylabel("Dice")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(args.out / "curve.png", dpi=110)
-    print(f"wrote {args.out / 'curve.csv'} and {args.out / 'curve.png'}")
-    return 0
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,25 @@
 #!/bin/sh
-# Reproduce weights/default.pt from scratch on a CPU (see weights/README.md for the run that produced it).
-# Needs data/train from `make data`. Resumable: run it again after an interruption and it continues.
+# Reproduce the recipe of weights/default.pt on a CPU (see weights/README.md for the runs that produced it).
+# Needs data/ from `make data`. Resumable: run it again after an interruption and it continues; STEPS and
+# DECAY_FROM may grow between runs (the learning rate holds until DECAY_FROM, then a cosine to 2e-5 at STEPS).
 set -eu
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 RUN=${RUN:-runs/default}
-STEPS=${STEPS:-1400}
+PROFILE=${PROFILE:-lite}
+STEPS=${STEPS:-12000}
+DECAY_FROM=${DECAY_FROM:-8000}
+$PY -m training.pseudo --data data/train data/images --out .cache/pseudo   # supervoxels, once per volume
 resume=""
 [ -f "$RUN/last.pt" ] && resume="--resume"
-$PY -m training --data data/train --profile lite --out "$RUN" --steps "$STEPS" --batch-size 2 \
-    --lr 2e-3 --schedule cosine --warmup-steps 50 --min-lr 2e-5 --flip --threads 2 \
-    --ckpt-every 50 --log-every 10 --seed 0 $resume
+$PY -m training --data data/train --labelmaps data/labelmaps --pseudo .cache/pseudo --profile "$PROFILE" \
+    --out "$RUN" --steps "$STEPS" --decay-from "$DECAY_FROM" --batch-size 2 --lr 2e-3 --schedule cosine \
+    --warmup-steps 100 --min-lr 2e-5 --flip --threads 2 --ckpt-every 100 --snapshot-every 1000 --log-every 20 \
+    --seed 0 $resume
 $PY - "$RUN/model.pt" weights/default.pt <<'PYEOF'
 import sys
 from inference.network import load_model, save_checkpoint
-save_checkpoint(load_model(sys.argv[1]), sys.argv[2])
+model = load_model(sys.argv[1])
+save_checkpoint(model, sys.argv[2])
 print("wrote", sys.argv[2])
 PYEOF
