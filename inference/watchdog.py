@@ -172,8 +172,11 @@ class Supervisor:
                 if not ready:
                     continue
                 chunk = os.read(read_fd, 65536)
-                if not chunk:
-                    self.proc.wait()
+                if not chunk:  # the worker has exited (or is exiting)
+                    try:
+                        self.proc.wait(timeout=EXIT_GRACE_S)
+                    except subprocess.TimeoutExpired:
+                        pass
                     if cur is None:
                         return "finished", len(self.cases), False
                     return ("crashed" if began else "startup"), cur.index, cur.reported
@@ -181,7 +184,10 @@ class Supervisor:
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
                     began |= line.startswith(b"begin")
-                    cur = self._handle(line.decode(), cur)
+                    try:
+                        cur = self._handle(line.decode(errors="replace"), cur)
+                    except (ValueError, IndexError):  # not a line of the protocol: ignored
+                        continue
         finally:
             os.close(read_fd)
             self._stop_worker()
