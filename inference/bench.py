@@ -86,11 +86,12 @@ print(json.dumps({"start_s": t0 - start, "import_s": t_import - t0, "load_s": t_
 """
 
 
-def run_child(ckpt: Path, in_dir: Path, zoom_outs: int) -> dict:
-    """Run the container's job in a fresh Python process, as predict.sh does; return its timings."""
+def run_child(ckpt: Path, in_dir: Path, zoom_outs: int, precision: str = "auto") -> dict:
+    """Run the container's job in a fresh Python process, as predict.sh does (SEGFM_PRECISION=precision);
+    return its timings."""
     with tempfile.TemporaryDirectory() as out:
         env = dict(os.environ, BENCH_T0=repr(time.time()), BENCH_CKPT=str(ckpt), BENCH_IN=str(in_dir),
-                   BENCH_OUT=out, BENCH_ZOOM=str(zoom_outs), PYTHONPATH=str(ROOT))
+                   BENCH_OUT=out, BENCH_ZOOM=str(zoom_outs), PYTHONPATH=str(ROOT), SEGFM_PRECISION=precision)
         res = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, cwd=ROOT)
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-2000:])
@@ -123,8 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zoom-outs", type=int, default=0, help="zoom-out re-runs allowed (0: one run per class)")
     ap.add_argument("--skip-large", action="store_true", help="skip the 512x512x300 and 1456x590x556 volumes")
     ap.add_argument("--large-classes", type=int, default=8, help="classes in the 512x512x300 volume")
+    ap.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "bf16"],
+                    help="SEGFM_PRECISION values to time (default: fp32, and bf16 where the CPU computes it natively)")
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "inference.json"))
     args = ap.parse_args(argv)
+    from inference.precision import cpu_has_native_bf16
+
+    precisions = args.precisions or (["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"])
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,24 +158,25 @@ def main(argv: list[str] | None = None) -> int:
             for vname in volumes:
                 if (profile == "nninteractive") != ("3 classes" in vname):
                     continue  # ResEnc-L takes tens of seconds per class on a CPU: 3 classes show it
-                for step in ("box", "click"):
-                    r = run_child(ckpt, tmp / _folder(vname, step), args.zoom_outs)
+                for step, prec in ((st, pr) for st in ("box", "click") for pr in precisions):
+                    r = run_child(ckpt, tmp / _folder(vname, step), args.zoom_outs, prec)
                     case = r["cases"]["case.npz"]
-                    row = {"profile": profile, "volume": vname, "step": step,
+                    row = {"profile": profile, "precision": prec, "volume": vname, "step": step,
                            "start_s": r["start_s"] + r["import_s"], "load_s": r["load_s"],
                            "infer_s_per_class": case["seconds"] / case["classes"],
                            "classes": case["classes"], "max_rss_gb": r["max_rss_gb"]}
                     rows.append(row)
-                    print(f"{profile:13s} {vname:38s} {step:5s} start+import {row['start_s']:.2f} s  "
+                    print(f"{profile:13s} {prec:4s} {vname:38s} {step:5s} start+import {row['start_s']:.2f} s  "
                           f"load {row['load_s']:.2f} s  inference {row['infer_s_per_class']:.2f} s/class  "
                           f"peak {row['max_rss_gb']:.2f} GB", flush=True)
         if not args.skip_large and "lite" in args.profiles:
             img, gts = synthetic_case((1456, 590, 556), 20, seed=1)
             write_inputs(tmp / "huge", img, gts, "click", "case")
             del img, gts
-            r = run_child(checkpoint_for("lite", tmp), tmp / "huge", args.zoom_outs)
+            r = run_child(checkpoint_for("lite", tmp), tmp / "huge", args.zoom_outs, precisions[-1])
             case = r["cases"]["case.npz"]
-            row = {"profile": "lite", "volume": "synthetic 1456x590x556 (20 classes)", "step": "click",
+            row = {"profile": "lite", "precision": precisions[-1], "volume": "synthetic 1456x590x556 (20 classes)",
+                   "step": "click",
                    "start_s": r["start_s"] + r["import_s"], "load_s": r["load_s"],
                    "infer_s_per_class": case["seconds"] / case["classes"], "classes": case["classes"],
                    "max_rss_gb": r["max_rss_gb"]}
@@ -179,10 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
     print(f"wrote {args.out}")
-    print("\n| profile | volume | step | start+import (s) | model load (s) | inference (s/class/run) | peak RSS (GB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| profile | precision | volume | step | start+import (s) | model load (s) | inference (s/class/run) "
+          "| peak RSS (GB) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['profile']} | {r['volume']} | {r['step']} | {r['start_s']:.2f} | {r['load_s']:.2f} | "
+        print(f"| {r['profile']} | {r['precision']} | {r['volume']} | {r['step']} | {r['start_s']:.2f} | {r['load_s']:.2f} | "
               f"{r['infer_s_per_class']:.2f} | {r['max_rss_gb']:.2f} |")
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from scipy import ndimage
 
 from . import budget as B
+from . import precision as P
 from .case_io import Case, parse_case
 from .fallback import add_fallback, fallback_segs  # noqa: F401 - fallback_segs: re-exported
 from .fusion import ProductBackgroundFusion
@@ -48,12 +50,13 @@ def class_prompts(case: Case, c: int) -> ClassPrompts:
 
 
 def prompt_extent(prompts: ClassPrompts, prev_slices: tuple[slice, ...] | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """Inclusive (lo, hi) (z, y, x) over the box, every click and the previous mask; None when empty."""
+    """Inclusive (lo, hi) (z, y, x) over the box, every click, lasso and scribble voxel and the previous mask;
+    None when empty."""
     los, his = [], []
     if prompts.box is not None:
         los.append(np.asarray(prompts.box[0]))
         his.append(np.asarray(prompts.box[1]))
-    pts = np.concatenate([prompts.fg.reshape(-1, 3), prompts.bg.reshape(-1, 3)])
+    pts = prompts.points()
     if len(pts):
         los.append(pts.min(0))
         his.append(pts.max(0))
@@ -63,6 +66,20 @@ def prompt_extent(prompts: ClassPrompts, prev_slices: tuple[slice, ...] | None) 
     if not los:
         return None
     return np.min(los, axis=0), np.max(his, axis=0)
+
+
+@dataclass
+class ObjectQuery:
+    """What one object's prediction needs: the image (z, y, x) and its z-score statistics, the object's
+    prompts (volume coordinates, z, y, x), and the previous segmentation: a label volume (z, y, x) whose
+    voxels equal to `prev_label` (nonzero when None) are the object, with their bounding box `prev_slices`."""
+
+    image: np.ndarray
+    stats: ImageStats
+    prompts: ClassPrompts
+    prev_mask: np.ndarray | None = None
+    prev_label: int | None = None
+    prev_slices: tuple[slice, ...] | None = None
 
 
 def touches_border(mask: torch.Tensor, window: Window) -> bool:
@@ -93,8 +110,10 @@ class Predictor:
 
     def __init__(self, model: LoadedModel, device: torch.device | str | None = None,
                  max_zoom_outs: int = 3, zoom_out_factor: float = 1.5, per_class_run_s: float = 15.0,
-                 verbose: bool = False, tta: int = 1):
+                 verbose: bool = False, tta: int = 1, precision: str | None = None):
         self.device = torch.device(device) if device is not None else default_device()
+        self.precision = P.resolve(self.device, precision)  # $SEGFM_PRECISION when None
+        self._autocast = P.autocast(self.device, self.precision)
         if self.device.type == "cpu":
             configure_cpu_threads()
         self.model = model
@@ -121,36 +140,36 @@ class Predictor:
         flips = TTA_FLIPS[tta]
         x = x.to(self.device, non_blocking=True)
         inp = torch.stack([torch.flip(x, [a + 1 for a in f]) if f else x for f in flips])
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
-                logits = self.model.net(inp)
-        else:
-            logits = self.model.net(inp)
-        logits = logits.float()
+        with self._autocast():
+            logits = self.model.net(inp).float()
         probs = torch.sigmoid(logits[:, 1] - logits[:, 0])
         mean = sum(torch.flip(p, list(f)) if f else p for p, f in zip(probs, flips)) / len(flips)
         return mean.cpu()
 
-    def predict_window(self, case: Case, c: int, stats: ImageStats, window: Window, prompts: ClassPrompts,
-                       tta: int = 1) -> torch.Tensor:
-        x = encode(window, case.image, stats, prompts, case.prev_pred, c + 1)
+    def predict_window(self, query: "ObjectQuery", window: Window, tta: int = 1) -> torch.Tensor:
+        """Foreground probabilities (patch, z, y, x) of one object inside `window`."""
+        x = encode(window, query.image, query.stats, query.prompts, query.prev_mask, query.prev_label)
         return self.run_network(x, tta)
 
-    # ------------------------------------------------------------------ one class
-    def predict_class(self, case: Case, c: int, stats: ImageStats, prev_slices, level: int,
-                      budget: B.Budget | None = None) -> tuple[Window, torch.Tensor] | None:
-        """Window and probabilities of class index c, or None when it has no prompt at all."""
-        prompts = class_prompts(case, c)
-        extent = prompt_extent(prompts, prev_slices)
+    # ------------------------------------------------------------------ one object
+    def predict_object(self, query: "ObjectQuery", level: int = B.FULL,
+                       budget: B.Budget | None = None) -> tuple[Window, torch.Tensor] | None:
+        """Window and probabilities of one object, or None when it has no prompt at all.
+
+        The window is centred on the extent of the prompts and the previous mask (zoom rule); at the FULL
+        level it grows while the mask touches a window face inside the volume. Used by the challenge's
+        per-class loop (`predict_class`) and by interactive sessions alike."""
+        prompts = query.prompts
+        extent = prompt_extent(prompts, query.prev_slices)
         if extent is None:
             return None
         patch = self.model.patch_size
         if level == B.REDUCED:
             patch = reduced_patch(patch, self.model.divisor)
-        window = Window.around(extent[0], extent[1], patch, case.shape)
+        window = Window.around(extent[0], extent[1], patch, query.image.shape)
         tta = self.tta if level != B.REDUCED else 1  # the reduced level is for saving time
         t0 = time.perf_counter()
-        probs = self.predict_window(case, c, stats, window, prompts, tta)
+        probs = self.predict_window(query, window, tta)
         if budget is not None and level != B.REDUCED:
             budget.record_run(time.perf_counter() - t0)
         zoom_outs = 0
@@ -159,11 +178,17 @@ class Predictor:
             if bigger.size == window.size or (budget is not None and budget.level(1) != B.FULL):
                 break
             t0 = time.perf_counter()
-            window, probs = bigger, self.predict_window(case, c, stats, bigger, prompts, tta)
+            window, probs = bigger, self.predict_window(query, bigger, tta)
             if budget is not None:
                 budget.record_run(time.perf_counter() - t0)
             zoom_outs += 1
         return window, probs
+
+    def predict_class(self, case: Case, c: int, stats: ImageStats, prev_slices, level: int,
+                      budget: B.Budget | None = None) -> tuple[Window, torch.Tensor] | None:
+        """Window and probabilities of class index c of a challenge case, or None when it has no prompt."""
+        query = ObjectQuery(case.image, stats, class_prompts(case, c), case.prev_pred, c + 1, prev_slices)
+        return self.predict_object(query, level, budget)
 
     # ------------------------------------------------------------------ one case
     def predict_case(self, case: Case, budget: B.Budget | None = None) -> np.ndarray:

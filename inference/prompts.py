@@ -1,13 +1,14 @@
 """Encode one class's prompts into the network's 8-channel input, in the patch grid.
 
 Channels follow nnInteractive v1.0 (`network.CHANNELS`): 0 image (z-scored), 1 previous segmentation,
-2 box+ (a filled 3D cuboid), 3 box- (zeros), 4 click+, 5 click- (balls of radius 4 voxels drawn
-directly in the patch grid, so every click inside the window survives resizing), 6-7 zeros.
-All coordinates are (z, y, x).
+2 box+ and lasso+ (a filled 3D cuboid for the challenge's box; a filled rectangle one slice thick for a
+viewer's 2D box; a filled contour on one slice for a lasso), 3 box- and lasso-, 4 click+, 5 click- (balls of radius
+4 voxels drawn directly in the patch grid, so every click inside the window survives resizing),
+6 scribble+, 7 scribble- (the scribble's voxels). All coordinates are (z, y, x).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -70,13 +71,46 @@ def fill_box(channel: torch.Tensor, window: Window, lo, hi) -> None:
     channel[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = 1.0
 
 
+def no_voxels() -> np.ndarray:
+    return np.zeros((0, 3), dtype=np.int64)
+
+
 @dataclass
 class ClassPrompts:
-    """One class's prompts in volume coordinates (z, y, x): a 3D box (inclusive), clicks, previous mask label."""
+    """One class's prompts in volume coordinates (z, y, x).
+
+    `box` is an inclusive (lo, hi) box: the challenge's 3D cuboid, or a viewer's 2D box (lo == hi on the axis
+    it was drawn across). `fg`/`bg` are clicks (N, 3). Lassos (filled contours) and scribbles are given as
+    the voxel coordinates (N, 3) they cover.
+    """
 
     box: tuple[tuple[int, int, int], tuple[int, int, int]] | None
     fg: np.ndarray  # (N, 3)
     bg: np.ndarray  # (M, 3)
+    lasso_fg: np.ndarray = field(default_factory=no_voxels)
+    lasso_bg: np.ndarray = field(default_factory=no_voxels)
+    scribble_fg: np.ndarray = field(default_factory=no_voxels)
+    scribble_bg: np.ndarray = field(default_factory=no_voxels)
+
+    def voxel_prompts(self) -> tuple[tuple[np.ndarray, str], ...]:
+        """The voxel-set prompts with the channel each is written to."""
+        return ((self.lasso_fg, "box_pos"), (self.lasso_bg, "box_neg"),
+                (self.scribble_fg, "scribble_pos"), (self.scribble_bg, "scribble_neg"))
+
+    def points(self) -> np.ndarray:
+        """Every prompted voxel (clicks, lasso and scribble voxels), (N, 3) (z, y, x); the box is not included."""
+        parts = [self.fg, self.bg] + [v for v, _ in self.voxel_prompts()]
+        return np.concatenate([np.asarray(p, np.int64).reshape(-1, 3) for p in parts])
+
+
+def splat(channel: torch.Tensor, window: Window, voxels: np.ndarray) -> None:
+    """Set to 1 every patch voxel (of `channel`, z, y, x) that holds a centre of the volume voxels (N, 3)."""
+    if not len(voxels):
+        return
+    p = np.round(window.to_patch(voxels)).astype(np.int64)
+    keep = np.all((p >= 0) & (p < np.asarray(window.patch)), axis=1)
+    p = p[keep]
+    channel[torch.from_numpy(p[:, 0]), torch.from_numpy(p[:, 1]), torch.from_numpy(p[:, 2])] = 1.0
 
 
 def encode(window: Window, image: np.ndarray, stats: ImageStats, prompts: ClassPrompts,
@@ -99,4 +133,6 @@ def encode(window: Window, image: np.ndarray, stats: ImageStats, prompts: ClassP
     for pts, ch in ((prompts.fg, CHANNELS["click_pos"]), (prompts.bg, CHANNELS["click_neg"])):
         for p in window.to_patch(pts) if len(pts) else []:
             draw_ball(x[ch], p)
+    for voxels, name in prompts.voxel_prompts():
+        splat(x[CHANNELS[name]], window, voxels)
     return x

@@ -45,6 +45,21 @@ class Window:
         return cls(tuple(int(v) for v in start), tuple(int(v) for v in size), tuple(int(v) for v in patch),
                    tuple(int(v) for v in shape))
 
+    @classmethod
+    def identity(cls, patch) -> "Window":
+        """The window that is the whole of a patch-sized volume (patch coordinates = volume coordinates)."""
+        p = tuple(int(v) for v in patch)
+        return cls((0, 0, 0), p, p, p)
+
+    def grown(self, patch) -> "Window":
+        """The same centre and scale on a larger `patch` (z, y, x): context around this window."""
+        patch_a = np.asarray(patch, float)
+        size = np.round(patch_a * self.scale).astype(int)
+        centre = np.asarray(self.start, float) + (np.asarray(self.size, float) - 1) / 2.0
+        start = np.floor(centre - (size - 1) / 2.0 + 0.5).astype(int)
+        return Window(tuple(int(v) for v in start), tuple(int(v) for v in size), tuple(int(v) for v in patch_a),
+                      self.shape)
+
     def zoomed(self, factor: float) -> "Window":
         """The same centre, `factor` times larger, capped where it would only add padding on every axis."""
         centre = np.asarray(self.start, float) + (np.asarray(self.size, float) - 1) / 2.0
@@ -140,6 +155,22 @@ class Window:
             if mask.any():
                 x.index_fill_(axis, torch.nonzero(mask).flatten(), float(fill))
         return x
+
+    def crop_nearest(self, volume: np.ndarray, fill: int = 0) -> np.ndarray:
+        """Nearest-neighbour resampling of a label map (z, y, x) onto the patch; `fill` outside the volume."""
+        idx, outside = [], []
+        for axis in range(3):
+            c = np.floor(self._sample_coords(axis) + 0.5).astype(np.int64)
+            n = volume.shape[axis]
+            outside.append((c < 0) | (c >= n))
+            idx.append(np.clip(c, 0, n - 1))
+        out = np.asarray(volume[np.ix_(*idx)])
+        if any(o.any() for o in outside):
+            out = out.copy()
+            out[outside[0]] = fill
+            out[:, outside[1]] = fill
+            out[:, :, outside[2]] = fill
+        return out
 
     def paste(self, patch_values: torch.Tensor, max_voxels: int = 1 << 24) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
         """Resample patch values (z, y, x) back onto the window's part inside the volume, trilinear.

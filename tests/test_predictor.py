@@ -18,13 +18,13 @@ class ScriptedPredictor(Predictor):
         self.response = response
         self.windows = []
 
-    def predict_window(self, case, c, stats, window, prompts, tta=1):
+    def predict_window(self, query, window, tta=1):
         self.windows.append(window)
         if self.response == "all":
             return torch.ones(window.patch)
         # foreground exactly where the box channel is
         from inference.prompts import encode
-        x = encode(window, case.image, stats, prompts)
+        x = encode(window, query.image, query.stats, query.prompts)
         return x[2].clone()
 
 
@@ -100,9 +100,9 @@ class SlowPredictor(ScriptedPredictor):
         super().__init__(**kw)
         self.clock = clock
 
-    def predict_window(self, case, c, stats, window, prompts, tta=1):
+    def predict_window(self, query, window, tta=1):
         self.clock.t += 5.0  # every network run costs 5 s
-        return super().predict_window(case, c, stats, window, prompts)
+        return super().predict_window(query, window)
 
 
 def test_budget_fallback_keeps_previous_prediction_for_the_remaining_classes():

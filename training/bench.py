@@ -1,12 +1,15 @@
 """`python -m training.bench`: training speed (s/step, samples/s) and peak memory on this machine.
 
 Each measurement runs in its own process (so peak RSS is its own) through the real training step:
-sampling, stage 1 + click simulation (p_click = 1) or stage 2 only (p_click = 0), backward, AdamW.
-The expected step time of a run with p_click = p is (1 - p) x no-click + p x click.
+sampling, stage 1 + click simulation (p_click = 1) or stage 2 only (p_click = 0), backward, AdamW,
+in fp32 and, where the processor computes bf16 natively, under bf16 autocast. The expected step time of
+a run with p_click = p is (1 - p) x no-click + p x click. A second table gives the samples/s of each data
+source alone (`training.mixture`), in one process on one thread, as a DataLoader worker runs.
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 import json
 import os
 import resource
@@ -90,7 +93,7 @@ def format_row(r: dict) -> str:
     if "error" in r:
         return f"| {r.get('profile')} | {r.get('patch', '')} | p_click={r.get('p_click')} | error: {r['error'][-200:]!r} |"
     gpu = f" | {r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else ""
-    return (f"| {r['profile']} | {'x'.join(map(str, r['patch']))} | {r['batch']} | {r['p_click']:g} | "
+    return (f"| {r['profile']} | {r['amp']} | {'x'.join(map(str, r['patch']))} | {r['batch']} | {r['p_click']:g} | "
             f"{'on' if r['channels_last'] else 'off'} | {'on' if r['compile'] else 'off'} | {r['threads']} | "
             f"{r['s_per_step_median']:.2f} | {r['samples_per_s']:.2f} | {r['loader_samples_per_s']:.0f} | "
             f"{r['peak_rss_mb']:.0f}{gpu} |")
@@ -110,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time the CPU speed levers: channels_last off, torch.compile on")
     ap.add_argument("--p-click", type=float, nargs="+", default=[0.0, 1.0],
                     help="p_click values to time (0: stage 2 only; 1: stage 1 + click + stage 2)")
+    ap.add_argument("--amps", nargs="+", default=None,
+                    help="CPU precisions to time: none (fp32) and bf16 (default: both where the CPU has native bf16)")
+    ap.add_argument("--no-sources", action="store_true", help="skip the samples/s table of the data sources")
     ap.add_argument("--gpu-init", default="", help="on CUDA: also time a warm start from this nnInteractive folder")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)
@@ -127,9 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     specs = []
     base = {"batch_size": args.batch_size, "steps_timed": args.steps, "warmup": args.warmup, "data": data,
             "device": "cpu", "cache_dir": ""}
+    from inference.precision import cpu_has_native_bf16
+
+    amps = args.amps or (["none", "bf16"] if cpu_has_native_bf16() else ["none"])
     for prof in profiles:
-        for p in args.p_click:
-            specs.append({**base, "profile": prof, "p_click": p})
+        for amp in amps:
+            for p in args.p_click:
+                specs.append({**base, "profile": prof, "p_click": p, "amp": amp})
         if args.levers:
             specs.append({**base, "profile": prof, "p_click": 0.0, "channels_last": False})
             specs.append({**base, "profile": prof, "p_click": 0.0, "compile": True, "warmup": 2})
@@ -143,15 +153,51 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"training bench on {os.cpu_count()} CPU(s), torch {torch.__version__}, data {data or 'synthetic'}, "
           f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
-    header = ("| profile | patch | batch | p_click | channels_last | compile | threads | s/step | samples/s | "
+    header = ("| profile | amp | patch | batch | p_click | channels_last | compile | threads | s/step | samples/s | "
               "loader samples/s | peak RSS MB" + (" | peak GPU MB" if torch.cuda.is_available() else "") + " |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for spec in specs:
         print(format_row(run_isolated(spec, args.timeout)), flush=True)
+    if not args.no_sources:
+        print()
+        print(sources_table(data))
     load = os.getloadavg()
     print(f"load average after {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (other processes share these cores)")
     return 0
+
+
+def sources_table(data: str, n: int = 20, patch: int = 64) -> str:
+    """Samples/s of each source alone (one thread, default TrainConfig sampling options), as a table."""
+    import torch
+
+    from . import config as C
+    from .data import SampleOptions, list_cases, make_sample, write_synthetic_cases
+    from .mixture import SOURCE_NAMES, Mixture
+    from .train import build_sources
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        if not data:
+            data = str(Path(tmp) / "cases")
+            write_synthetic_cases(data, n=3, shape=(96, 128, 128), n_classes=4)
+        cfg = C.TrainConfig(data=data)
+        opts = SampleOptions.from_config(cfg, (patch,) * 3)
+        rows = ["| source | samples/s (1 thread) | ms/sample |", "|---|---|---|"]
+        for name in SOURCE_NAMES:
+            one = C.TrainConfig(**{**asdict(cfg), **{f"mix_{m}": float(m == name) for m in SOURCE_NAMES}})
+            try:
+                sources = build_sources(one, list_cases(data), 1)
+            except ValueError as err:  # no data for this source (e.g. no pseudo-label cache)
+                rows.append(f"| {name} | - ({err}) | - |")
+                continue
+            make_sample(sources, opts, 0, 0)  # loads the first volumes
+            t0 = time.perf_counter()
+            for i in range(1, n + 1):
+                make_sample(sources, opts, 0, i)
+            dt = (time.perf_counter() - t0) / n
+            rows.append(f"| {name} | {1 / dt:.1f} | {1000 * dt:.0f} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

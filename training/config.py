@@ -33,7 +33,17 @@ class TrainConfig:
                                     "--cache-dir; smaller ones are held decompressed in RAM")
     ram_cache_mb: float = opt(8192.0, "RAM budget per rank for decompressed volumes, shared out among its "
                                       "workers (least recently used evicted)")
-    num_workers: int = opt(-1, "DataLoader worker processes (-1: 0 on CPU, min(8, cores) on CUDA); workers "
+    labelmaps: str = opt("data/labelmaps", "folder of label maps without images (*.npz with gts, spacing) for "
+                                           "label-to-image synthesis and ensembles, besides the --data cases "
+                                           "(skipped when missing)")
+    pseudo: str = opt(".cache/pseudo", "folder of supervoxel pseudo-label cases written by "
+                                       "`python -m training.pseudo` (the pseudo source is skipped when empty)")
+    mix_real: float = opt(0.5, "sampling weight of real images with their labels")
+    mix_synth: float = opt(0.2, "sampling weight of images synthesised from label maps (SynthSeg-style)")
+    mix_pseudo: float = opt(0.1, "sampling weight of supervoxel pseudo-labels on real images")
+    mix_ensemble: float = opt(0.1, "sampling weight of ensembles of real object masks with synthetic appearance")
+    mix_procedural: float = opt(0.1, "sampling weight of procedural shapes (blobs, tubes, plates)")
+    num_workers: int = opt(-1, "DataLoader worker processes (-1: 1 on CPU, min(8, cores) on CUDA); workers "
                                "use the file system for sharing, not /dev/shm")
     # ---------------------------------------------------------------- model
     profile: str = opt("lite", "network profile, a name of inference.network.PROFILES (nninteractive = "
@@ -49,6 +59,12 @@ class TrainConfig:
     click_rounds: int = opt(1, "clicks simulated per clicking batch (k rounds of predict-then-click)")
     nobox_always_click: bool = opt(False, "no-box samples always get a simulated click after stage 1 "
                                           "(default: they follow --p-click; their first click is a prompt already)")
+    p_viewer: float = opt(0.15, "probability that a sample's first prompt is a viewer's 2D box, lasso or "
+                                "scribble (one slice) instead of the organizer's box")
+    p_spatial: float = opt(0.5, "probability of a random affine + elastic deformation (image, labels and prompts "
+                                "alike)")
+    p_appearance: float = opt(0.3, "probability of random gamma / bias field / thick slices / blur / noise on a "
+                                   "real image")
     zoom_aug_max: float = opt(1.25, "box windows: zoom_extra drawn uniformly in [1, this] on top of the "
                                     "inference zoom rule")
     nobox_zoom_max: float = opt(3.0, "no-box windows around the first click: zoom_extra in [1, this] "
@@ -65,6 +81,8 @@ class TrainConfig:
     weight_decay: float = opt(1e-2, "AdamW weight decay")
     schedule: str = opt("constant", "learning-rate schedule after warm-up", ("constant", "cosine", "poly"))
     warmup_steps: int = opt(0, "linear warm-up steps from 0 to --lr")
+    decay_from: int = opt(0, "cosine/poly: hold --lr until this step, then decay to --min-lr at --steps "
+                             "(0: decay from the end of the warm-up); lets a run grow over sessions")
     min_lr: float = opt(0.0, "final learning rate of the cosine/poly schedules")
     poly_power: float = opt(0.9, "exponent of the poly schedule")
     dice_weight: float = opt(10.0, "loss = dice_weight * (1 - soft Dice) + BCE")
@@ -75,14 +93,17 @@ class TrainConfig:
     threads: int = opt(0, "CPU threads for torch (0: every core this process may use, split across ranks)")
     channels_last: bool = opt(True, "channels_last_3d memory format for the network and inputs")
     compile: bool = opt(False, "torch.compile the network (slow to start; measure before using)")
-    amp: str = opt("auto", "mixed precision: auto (bf16 on CUDA when supported, else fp16; none on CPU), "
-                           "bf16, fp16, none", ("auto", "bf16", "fp16", "none"))
+    amp: str = opt("auto", "mixed precision: auto (CUDA: bf16 when supported, else fp16; CPU: $SEGFM_PRECISION, "
+                           "default bf16 where the processor computes bf16 natively, else none), bf16, fp16, none",
+                   ("auto", "bf16", "fp16", "none"))
     grad_checkpoint: bool = opt(False, "gradient checkpointing of the encoder stages (saves memory for "
                                        "ResEnc-L at 192^3, costs about one more forward)")
     # ---------------------------------------------------------------- checkpoints, logging, validation
     ckpt_every: int = opt(50, "write <out>/last.pt (training checkpoint) and <out>/model.pt (native) "
                               "every N steps, and at the end")
     keep_every: int = opt(0, "also keep <out>/step_<N>.pt every N steps (0: never)")
+    snapshot_every: int = opt(0, "also keep the native model as <out>/snapshots/model_<step>.pt every N steps, for "
+                                 "`python -m training.curve` (0: never)")
     export: str = opt("", "also write the native inference checkpoint to this path at every checkpoint")
     log_every: int = opt(10, "write a log.csv row every N steps (loss and Dice averaged over them)")
     resume: bool = opt(False, "continue from <out>/last.pt exactly where it stopped (same next step)")
@@ -106,7 +127,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError on inconsistent options."""
-        for name in ("p_no_box", "p_click", "coreset"):
+        for name in ("p_no_box", "p_click", "coreset", "p_viewer", "p_spatial", "p_appearance"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {v}")
@@ -115,6 +136,10 @@ class TrainConfig:
         for name in ("steps", "batch_size", "accum", "click_rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.p_no_box + self.p_viewer > 1:
+            raise ValueError("--p-no-box + --p-viewer must be <= 1")
+        if min(getattr(self, f"mix_{n}") for n in ("real", "synth", "pseudo", "ensemble", "procedural")) < 0:
+            raise ValueError("--mix-* weights must be >= 0")
         if self.zoom_aug_max < 1 or self.nobox_zoom_max < 1:
             raise ValueError("--zoom-aug-max and --nobox-zoom-max must be >= 1")
         self.patch_size()

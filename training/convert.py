@@ -215,6 +215,24 @@ def relabel_sequential(labels: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
     return out, {i + 1: int(orig) for i, orig in enumerate(ids)}
 
 
+def merge_masks(masks: Sequence[np.ndarray], ids: Sequence[int] | None = None) -> np.ndarray:
+    """Merge boolean masks (same shape, any axis order) into one label array; mask i gets ``ids[i]`` (default i + 1).
+
+    Overlaps: masks are painted in decreasing voxel count, so the smaller structure keeps a shared voxel
+    (a cord inside its canal, a lumen inside the vessel). uint8, or uint16 above 255.
+    """
+    ids = list(ids) if ids is not None else list(range(1, len(masks) + 1))
+    if len(ids) != len(masks):
+        raise ValueError("one id per mask")
+    if not masks:
+        raise ValueError("no masks to merge")
+    out = np.zeros(np.shape(masks[0]), dtype=np.uint8 if max(ids, default=0) <= 255 else np.uint16)
+    order = sorted(range(len(masks)), key=lambda i: -int(np.count_nonzero(masks[i])))
+    for i in order:
+        out[np.asarray(masks[i], dtype=bool)] = ids[i]
+    return out
+
+
 def load_names(path: str | os.PathLike[str]) -> dict[int, str]:
     """Read a label-name table: JSON ``{"1": "spleen", ...}`` or a sidecar with a ``labels`` key,
     or CSV with columns ``id`` and ``structure`` (or ``name``)."""
@@ -346,19 +364,35 @@ def convert_images(image: sitk.Image, labels: sitk.Image | None, modality: str =
             raise ConversionError(
                 f"{label_name}: label map shape {lab.shape} (z, y, x) does not match image {image_name} shape {arr.shape}")
         _check_same_grid(image, labels, image_name, label_name)
-        gts, mapping = relabel_sequential(lab)
-        out["gts"] = gts
-        names = dict(names or {})
-        meta["labels"] = {str(new): names.get(orig, f"label_{orig}") for new, orig in mapping.items()}
-        meta["original_ids"] = {str(new): orig for new, orig in mapping.items()}
-        missing = sorted(orig for orig in mapping.values() if names and orig not in names)
-        if missing:
-            print(f"warning: {label_name}: no name for label ids {missing}", file=sys.stderr)
+        out["gts"], label_meta = relabel_with_names(lab, names, label_name)
+        meta.update(label_meta)
     out["spacing"] = np.asarray(image.GetSpacing(), dtype=np.float64)
     meta["spacing_xyz"] = [float(s) for s in image.GetSpacing()]
     meta["geometry"] = geometry(image)
     meta["converter_version"] = CONVERTER_VERSION
     return out, meta
+
+
+def convert_labelmap(labels: sitk.Image, names: Mapping[int, str] | None = None,
+                     label_name: str = "labels") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Label map without an image (for label-to-image synthesis): arrays ``gts`` (z, y, x) 1..N and ``spacing``
+    (x, y, z); metadata as ``convert_images`` (labels, original_ids, geometry)."""
+    gts, meta = relabel_with_names(image_to_array(labels), names, label_name)
+    meta.update({"spacing_xyz": [float(s) for s in labels.GetSpacing()], "geometry": geometry(labels),
+                 "converter_version": CONVERTER_VERSION})
+    return {"gts": gts, "spacing": np.asarray(labels.GetSpacing(), dtype=np.float64)}, meta
+
+
+def relabel_with_names(lab: np.ndarray, names: Mapping[int, str] | None,
+                       label_name: str = "labels") -> tuple[np.ndarray, dict[str, Any]]:
+    """``relabel_sequential`` plus the sidecar tables ``labels`` (new id -> name) and ``original_ids``."""
+    gts, mapping = relabel_sequential(lab)
+    names = dict(names or {})
+    missing = sorted(orig for orig in mapping.values() if names and orig not in names)
+    if missing:
+        print(f"warning: {label_name}: no name for label ids {missing}", file=sys.stderr)
+    return gts, {"labels": {str(new): names.get(orig, f"label_{orig}") for new, orig in mapping.items()},
+                 "original_ids": {str(new): orig for new, orig in mapping.items()}}
 
 
 def _check_same_grid(image: sitk.Image, labels: sitk.Image, image_name: str, label_name: str) -> None:
@@ -403,6 +437,45 @@ def convert_files(image_path: str | os.PathLike[str], label_path: str | os.PathL
 def _order_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     first = ["labels", "original_ids", "source", "license", "spacing_xyz", "modality", "window"]
     return {**{k: meta[k] for k in first if k in meta}, **{k: v for k, v in meta.items() if k not in first}}
+
+
+def resample_onto(img: sitk.Image, reference: sitk.Image, is_label: bool = True) -> sitk.Image:
+    """Resample ``img`` onto ``reference``'s voxel grid by physical position (nearest neighbour for labels,
+    linear otherwise); voxels of the reference outside ``img`` become 0. Handles crops with offset origins."""
+    interp = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
+    return sitk.Resample(img, reference, sitk.Transform(), interp, 0.0, img.GetPixelID())
+
+
+def shrink_labelmap(labels: sitk.Image, max_voxels: int, margin_voxels: int = 8) -> tuple[sitk.Image, dict[str, Any]]:
+    """Keep a label map under ``max_voxels``: crop to the labelled bounding box (+ margin), then, if still too
+    large, coarsen x and y (nearest neighbour) by the factor needed. Returns the image and what was done."""
+    n = int(np.prod(labels.GetSize()))
+    if n <= max_voxels:
+        return labels, {}
+    arr = sitk.GetArrayViewFromImage(labels)  # (z, y, x)
+    nz = np.nonzero(arr)
+    done: dict[str, Any] = {"original_shape_zyx": list(arr.shape), "original_spacing_xyz": list(labels.GetSpacing())}
+    if nz[0].size:
+        lo = [max(int(a.min()) - margin_voxels, 0) for a in nz]
+        hi = [min(int(a.max()) + margin_voxels + 1, s) for a, s in zip(nz, arr.shape)]
+        index_xyz = [lo[2], lo[1], lo[0]]
+        size_xyz = [hi[2] - lo[2], hi[1] - lo[1], hi[0] - lo[0]]
+        labels = sitk.RegionOfInterest(labels, size_xyz, index_xyz)
+        done["crop_index_xyz"], done["crop_size_xyz"] = index_xyz, size_xyz
+    n = int(np.prod(labels.GetSize()))
+    if n > max_voxels:
+        nx, ny, nz = labels.GetSize()
+        f = float(np.sqrt(n / max_voxels))
+        size = [max(1, int(nx / f)), max(1, int(ny / f)), nz]  # floor: the product stays under max_voxels
+        sp = labels.GetSpacing()
+        new_sp = [sp[0] * nx / size[0], sp[1] * ny / size[1], sp[2]]  # same physical extent
+        origin = labels.TransformContinuousIndexToPhysicalPoint(
+            [(new_sp[0] / sp[0] - 1) / 2, (new_sp[1] / sp[1] - 1) / 2, 0.0])  # first new voxel centre
+        labels = sitk.Resample(labels, size, sitk.Transform(), sitk.sitkNearestNeighbor, origin, new_sp,
+                               labels.GetDirection(), 0.0, labels.GetPixelID())
+        done["inplane_factor"] = round(nx / size[0], 4)
+    done["spacing_xyz"] = list(labels.GetSpacing())
+    return labels, done
 
 
 # --------------------------------------------------------------------------------------------- write-back

@@ -1,4 +1,14 @@
-"""Training samples: a case, one class, its organizer box (or none), the inference window, the encoded prompts.
+"""Training samples: a volume and one object in it, the inference window, augmentation, prompts, encoding.
+
+One sample interface for every data source (`training.mixture`): a source hands over a `CaseData` (an image,
+or none when the appearance is to be synthesised, and a label map) and the label of the object to learn.
+`render_sample` then does what is common: it places the inference window on the object (`Window.around`
+with the zoom rule, zoom jitter and a centre shift), resamples image and labels onto the patch (with a margin
+of context when the sample is spatially augmented: affine + elastic via `training.augment`), paints the image
+from the labels when asked (`training.synth`) or changes the real image's appearance, and derives every
+prompt from the target on the patch grid, so image, labels and prompts stay aligned by construction: the
+organizer's jittered box, the evaluator's first click (no box), or a viewer's 2D box, lasso or scribble
+(`training.viewer_prompts`). The encoding is the inference code's (`inference.prompts.encode`).
 
 Every sample is a pure function of (seed, global sample index), so runs and resumes are reproducible
 whatever the number of worker processes. Arrays are (z, y, x) throughout; `spacing` is stored (x, y, z)
@@ -11,6 +21,7 @@ worker and rank). Worker processes return numpy arrays, which travel through a p
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections import OrderedDict
@@ -25,8 +36,12 @@ from scipy import ndimage
 from evaluation.boxes import box_from_mask, jitter_shift
 from evaluation.clicks import simulate_click
 from inference.network import CHANNELS
-from inference.prompts import ClassPrompts, ImageStats, encode, image_stats
+from inference.prompts import ClassPrompts, ImageStats, draw_ball, encode, image_stats
 from inference.window import Window
+
+from . import synth, viewer_prompts
+from .augment import IntensityOptions, SpatialOptions, appearance_chain, apply_appearance, seeded, spatial
+from .synth import SynthOptions
 
 Triple = tuple[int, int, int]
 EMPTY_POINTS = np.zeros((0, 3), dtype=np.int64)
@@ -92,15 +107,19 @@ class CaseData:
     """A volume ready for sampling: image and labels (z, y, x), class ids, their boxes and the z-score stats."""
 
     name: str
-    image: np.ndarray
+    image: np.ndarray | None                 # None: a label map whose image is synthesised
     gts: np.ndarray
     labels: np.ndarray                       # class ids present, sorted
     objects: list[tuple[slice, slice, slice]]  # bounding box per entry of `labels`
-    stats: ImageStats
+    stats: ImageStats | None
 
     @property
     def shape(self) -> Triple:
-        return tuple(int(v) for v in self.image.shape)  # type: ignore[return-value]
+        return tuple(int(v) for v in self.gts.shape)  # type: ignore[return-value]
+
+    def box_of(self, label: int) -> tuple[slice, slice, slice]:
+        """The bounding box (volume slices, z, y, x) of a label present in the case."""
+        return self.objects[int(np.searchsorted(self.labels, label))]
 
 
 def _cache_key(path: Path) -> str:
@@ -128,32 +147,38 @@ def _npz_array_bytes(path: Path) -> int:
     return total
 
 
-def load_arrays(path: Path, cache_dir: Path | None, mmap_min_bytes: float) -> tuple[np.ndarray, np.ndarray]:
-    """(imgs, gts) of a training npz; big volumes come memory-mapped from an .npy cache written once."""
+def load_arrays(path: Path, cache_dir: Path | None, mmap_min_bytes: float) -> tuple[np.ndarray | None, np.ndarray]:
+    """(imgs, gts) of a training npz, imgs None for a label map alone (no `imgs` member); big volumes come
+    memory-mapped from an .npy cache written once."""
     use_mmap = cache_dir is not None and _npz_array_bytes(path) > mmap_min_bytes
     if use_mmap:
         folder = Path(cache_dir) / f"{path.stem}-{_cache_key(path)}"
         img_p, gts_p = folder / "imgs.npy", folder / "gts.npy"
-        if not (img_p.is_file() and gts_p.is_file()):
+        if not gts_p.is_file():
             folder.mkdir(parents=True, exist_ok=True)
             with np.load(path, allow_pickle=False) as z:
-                _atomic_save_npy(z["imgs"], img_p)
+                if "imgs" in z.files:
+                    _atomic_save_npy(z["imgs"], img_p)
                 _atomic_save_npy(z["gts"], gts_p)
-        return np.load(img_p, mmap_mode="r"), np.load(gts_p, mmap_mode="r")
+        image = np.load(img_p, mmap_mode="r") if img_p.is_file() else None
+        return image, np.load(gts_p, mmap_mode="r")
     with np.load(path, allow_pickle=False) as z:
-        return np.ascontiguousarray(z["imgs"]), np.ascontiguousarray(z["gts"])
+        image = np.ascontiguousarray(z["imgs"]) if "imgs" in z.files else None
+        return image, np.ascontiguousarray(z["gts"])
 
 
-def prepare_case(path: Path, image: np.ndarray, gts: np.ndarray) -> CaseData:
+def prepare_case(path: Path | str, image: np.ndarray | None, gts: np.ndarray) -> CaseData:
     """Class ids, their bounding boxes (one pass) and the image statistics of a loaded volume."""
-    if image.shape != gts.shape or image.ndim != 3:
-        raise ValueError(f"{path.name}: imgs {image.shape} and gts {gts.shape} must be the same 3D shape")
-    lab = np.asarray(gts)
-    if lab.dtype.kind not in "iu":
-        lab = lab.astype(np.int64)
-    objects = ndimage.find_objects(lab)
+    name = Path(path).name
+    if gts.ndim != 3 or (image is not None and image.shape != gts.shape):
+        raise ValueError(f"{name}: imgs {None if image is None else image.shape} and gts {gts.shape} must be "
+                         "the same 3D shape")
+    if gts.dtype.kind not in "iu":
+        gts = np.asarray(gts).astype(np.int64)
+    objects = ndimage.find_objects(gts)
     labels = np.array([i + 1 for i, o in enumerate(objects) if o is not None], dtype=np.int64)
-    return CaseData(path.stem, image, gts, labels, [objects[i - 1] for i in labels], image_stats(image))
+    stats = image_stats(image) if image is not None else None
+    return CaseData(Path(path).stem, image, gts, labels, [objects[i - 1] for i in labels], stats)
 
 
 class CaseStore:
@@ -170,6 +195,7 @@ class CaseStore:
         self._cases: OrderedDict[int, CaseData] = OrderedDict()
         self._ram = 0
         self._first_clicks: dict[tuple[int, int], Triple] = {}
+        self._weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -188,28 +214,51 @@ class CaseStore:
             return case
         image, gts = load_arrays(self.paths[i], self.cache_dir, self.mmap_min_bytes)
         case = prepare_case(self.paths[i], image, gts)
-        size = 0 if isinstance(image, np.memmap) else image.nbytes + gts.nbytes
         self._cases[i] = case
-        self._ram += size
+        self._ram += _ram_bytes(case)
         while self._ram > self.ram_budget and len(self._cases) > 1:
             _, old = self._cases.popitem(last=False)
-            if not isinstance(old.image, np.memmap):
-                self._ram -= old.image.nbytes + old.gts.nbytes
+            self._ram -= _ram_bytes(old)
         return case
 
+    def label_count(self, i: int) -> int:
+        """Number of labels of case i, from its `<stem>.json` sidecar when there is one, else by loading it."""
+        side = self.paths[i].with_suffix(".json")
+        try:
+            return max(1, len(json.loads(side.read_text(encoding="utf-8"))["labels"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return max(1, len(self.get(i).labels))
+
+    def case_weights(self, power: float = 0.5, cap: float = 10.0) -> np.ndarray:
+        """Sampling probability per case, proportional to min(labels^power, cap): a case with many
+        structures is drawn more often than one with a single mask, but not in proportion."""
+        if self._weights is None:
+            w = np.array([min(self.label_count(i) ** power, cap) for i in range(len(self))], float)
+            self._weights = w / w.sum()
+        return self._weights
+
     def first_click(self, i: int, label: int) -> Triple:
-        """The evaluator's first click of a no-box case for this class (deepest voxel of its largest
-        component), (z, y, x); computed on the class's bounding box, which gives the same voxel."""
+        """The evaluator's first click of a no-box case for this class, (z, y, x), cached."""
         key = (i, int(label))
         if key not in self._first_clicks:
-            case = self.get(i)
-            box = case.objects[int(np.searchsorted(case.labels, label))]
-            gt = np.asarray(case.gts[box]) == label
-            click = simulate_click(np.zeros_like(gt), gt)
-            assert click is not None and click[1] == "fg"
-            (z, y, x), _ = click
-            self._first_clicks[key] = (z + box[0].start, y + box[1].start, x + box[2].start)
+            self._first_clicks[key] = first_click(self.get(i), int(label))
         return self._first_clicks[key]
+
+
+def _ram_bytes(case: CaseData) -> int:
+    """Bytes a loaded case holds in RAM (memory-mapped arrays count nothing)."""
+    return sum(a.nbytes for a in (case.image, case.gts) if a is not None and not isinstance(a, np.memmap))
+
+
+def first_click(case: CaseData, label: int) -> Triple:
+    """The evaluator's first click of a no-box case for this class (deepest voxel of its largest component),
+    (z, y, x); computed on the class's bounding box, which gives the same voxel."""
+    box = case.box_of(label)
+    gt = np.asarray(case.gts[box]) == label
+    click = simulate_click(np.zeros_like(gt), gt)
+    assert click is not None and click[1] == "fg"
+    (z, y, x), _ = click
+    return (z + box[0].start, y + box[1].start, x + box[2].start)
 
 
 # ---------------------------------------------------------------------- prompts
@@ -219,7 +268,7 @@ def organizer_box(case: CaseData, label: int, seed: int) -> tuple[Triple, Triple
     Uses evaluation.boxes on the class's bounding box with the full image's (H, W), with one jitter
     draw from RandomState(seed) (the per-sample seed).
     """
-    box = case.objects[int(np.searchsorted(case.labels, label))]
+    box = case.box_of(label)
     mask = np.asarray(case.gts[box]) == label
     start = (box[0].start, box[1].start, box[2].start)
     d = box_from_mask(mask, jitter_shift(np.random.RandomState(seed)), start, case.shape[1:])
@@ -229,6 +278,9 @@ def organizer_box(case: CaseData, label: int, seed: int) -> tuple[Triple, Triple
 
 
 # ---------------------------------------------------------------------- one sample
+PROMPT_KINDS = ("box", "nobox", "box2d", "lasso", "scribble")
+
+
 @dataclass(frozen=True)
 class SampleOptions:
     """What a sample draws; a subset of TrainConfig (kept small so workers pickle it cheaply)."""
@@ -241,11 +293,20 @@ class SampleOptions:
     flip: bool = False
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
+    p_viewer: float = 0.0          # share of samples whose first prompt is a viewer's 2D box, lasso or scribble
+    viewer_weights: tuple[float, float, float] = (0.4, 0.3, 0.3)
+    p_spatial: float = 0.0         # share of samples deformed by a random affine + elastic transform
+    context: float = 1.25          # context margin (x the patch) resampled around a deformed sample
+    p_appearance: float = 0.0      # share of real images whose appearance is changed (gamma, bias, ...)
+    spatial: SpatialOptions = SpatialOptions()
+    appearance: IntensityOptions = IntensityOptions()
+    synth: SynthOptions = SynthOptions()
 
     @classmethod
     def from_config(cls, cfg: Any, patch: Sequence[int]) -> "SampleOptions":
         return cls(tuple(int(v) for v in patch), cfg.p_no_box, cfg.zoom_aug_max, cfg.nobox_zoom_max,
-                   cfg.shift_frac, cfg.flip, cfg.intensity_scale, cfg.intensity_shift)
+                   cfg.shift_frac, cfg.flip, cfg.intensity_scale, cfg.intensity_shift, cfg.p_viewer,
+                   p_spatial=cfg.p_spatial, p_appearance=cfg.p_appearance)
 
 
 def sample_window(lo, hi, patch: Triple, shape: Triple, zoom_extra: float, shift: np.ndarray) -> Window:
@@ -255,30 +316,105 @@ def sample_window(lo, hi, patch: Triple, shape: Triple, zoom_extra: float, shift
     return Window.around(np.asarray(lo, float) + d, np.asarray(hi, float) + d, patch, shape, zoom_extra=zoom_extra)
 
 
-def make_sample(store: CaseStore, opts: SampleOptions, seed: int, index: int) -> dict[str, np.ndarray]:
-    """Sample `index` of the stream `seed`: input (8, pz, py, px) float32, target (pz, py, px) bool,
-    has_box, click0 (the no-box first click in patch coordinates (z, y, x), NaN with a box), case, label."""
-    rng = np.random.default_rng([int(seed), int(index)])
-    ci = int(rng.integers(len(store)))
-    case = store.get(ci)
-    if len(case.labels) == 0:
-        raise ValueError(f"{store.paths[ci]}: no labelled class")
-    label = int(case.labels[rng.integers(len(case.labels))])
-    has_box = bool(rng.random() >= opts.p_no_box)
+def draw_prompt_kind(rng: np.random.Generator, opts: SampleOptions) -> str:
+    """The first prompt of a sample: 'nobox' (p_no_box), a viewer prompt (p_viewer) or the organizer's 'box'."""
+    u = rng.random()
+    if u < opts.p_no_box:
+        return "nobox"
+    if u < opts.p_no_box + opts.p_viewer:
+        w = np.asarray(opts.viewer_weights, float)
+        return ("box2d", "lasso", "scribble")[int(rng.choice(3, p=w / w.sum()))]
+    return "box"
+
+
+def patch_organizer_box(target: np.ndarray, scale: np.ndarray, shape: Triple, seed: int) -> tuple[Triple, Triple]:
+    """The organizer's jittered box of a target on the patch grid, (lo, hi) inclusive (z, y, x); the jitter
+    of randint(0, 6) x image size / 256 volume voxels is scaled to patch voxels."""
+    hw = (shape[1] / scale[1], shape[2] / scale[2])
+    d = box_from_mask(target, jitter_shift(np.random.RandomState(seed)), (0, 0, 0), hw)
+    return ((int(d["z_min"]), int(d["z_mid_y_min"]), int(d["z_mid_x_min"])),
+            (int(d["z_max"]), int(d["z_mid_y_max"]), int(d["z_mid_x_max"])))
+
+
+def patch_first_click(target: np.ndarray, point: np.ndarray | None) -> Triple:
+    """The no-box click on the patch: where the carried first click landed (the maximum of its point map)
+    when that is inside the target, else the evaluator's first click on the visible target."""
+    if point is not None and point.max() > 0.05:
+        c = np.unravel_index(int(np.argmax(point)), point.shape)
+        if target[c]:
+            return tuple(int(v) for v in c)  # type: ignore[return-value]
+    click = simulate_click(np.zeros_like(target), target)
+    assert click is not None
+    return click[0]
+
+
+def patch_prompts(kind: str, target: np.ndarray, scale: np.ndarray, shape: Triple, point: np.ndarray | None,
+                  rng: np.random.Generator) -> tuple[ClassPrompts, np.ndarray]:
+    """The first prompt of `kind` derived from the patch target; also click0 (the no-box click, else NaN)."""
+    click0 = np.full(3, np.nan)
+    if kind == "box":
+        return ClassPrompts(patch_organizer_box(target, scale, shape, int(rng.integers(2**31))),
+                            EMPTY_POINTS, EMPTY_POINTS), click0
+    if kind == "nobox":
+        c = patch_first_click(target, point)
+        return ClassPrompts(None, np.asarray([c], dtype=np.int64), EMPTY_POINTS), np.asarray(c, float)
+    if kind == "box2d":
+        return ClassPrompts(viewer_prompts.box2d(target, rng), EMPTY_POINTS, EMPTY_POINTS), click0
+    if kind == "lasso":
+        return ClassPrompts(None, EMPTY_POINTS, EMPTY_POINTS, lasso_fg=viewer_prompts.lasso(target, rng)), click0
+    if kind == "scribble":
+        return ClassPrompts(None, EMPTY_POINTS, EMPTY_POINTS, scribble_fg=viewer_prompts.scribble(target, rng)), click0
+    raise ValueError(f"unknown prompt kind {kind!r}")
+
+
+def point_map(window: Window, point) -> np.ndarray:
+    """A click ball at a volume point (z, y, x) drawn on the window's patch (so it can be deformed along)."""
+    m = torch.zeros(window.patch, dtype=torch.float32)
+    draw_ball(m, window.to_patch(np.asarray([point], float))[0])
+    return m.numpy()
+
+
+def render_sample(case: CaseData, label: int, paint: bool, opts: SampleOptions,
+                  rng: np.random.Generator, click: Triple | None = None) -> dict[str, np.ndarray] | None:
+    """One training sample of object `label` of `case` (see the module docstring); None when the object
+    vanished from the patch (tiny objects under resampling or deformation: the caller draws again).
+
+    `paint`: synthesise the image from the label map (always when the case has no image). `click` is the
+    evaluator's first click (z, y, x) of the object, needed for no-box samples (computed when None).
+    """
+    paint = paint or case.image is None
+    kind = draw_prompt_kind(rng, opts)
     shift = rng.uniform(-opts.shift_frac, opts.shift_frac, 3) if opts.shift_frac > 0 else np.zeros(3)
-    if has_box:
-        lo, hi = organizer_box(case, label, int(rng.integers(2**31)))
-        zoom_extra = float(rng.uniform(1.0, opts.zoom_aug_max))
-        prompts = ClassPrompts((lo, hi), EMPTY_POINTS, EMPTY_POINTS)
-    else:
-        click = store.first_click(ci, label)
+    if kind == "nobox":
+        click = click if click is not None else first_click(case, label)
         lo = hi = click
         zoom_extra = float(rng.uniform(1.0, opts.nobox_zoom_max))
-        prompts = ClassPrompts(None, np.asarray([click], dtype=np.int64), EMPTY_POINTS)
+    else:
+        box = case.box_of(label)
+        lo, hi = tuple(s.start for s in box), tuple(s.stop - 1 for s in box)
+        zoom_extra = float(rng.uniform(1.0, opts.zoom_aug_max))
     window = sample_window(lo, hi, opts.patch, case.shape, zoom_extra, shift)
-    x = encode(window, case.image, case.stats, prompts)
-    target = window.crop(case.gts, transform=lambda v: v == label) > 0.5
-    click0 = window.to_patch(np.asarray([lo], float))[0] if not has_box else np.full(3, np.nan)
+    deform = bool(rng.random() < opts.p_spatial)
+    frame = window.grown(np.round(np.asarray(opts.patch) * opts.context).astype(int)) if deform else window
+    labels = frame.crop_nearest(case.gts)
+    image = None if paint else frame.crop(case.image, fill=case.stats.mean).numpy()
+    point = point_map(frame, click) if kind == "nobox" else None
+    change_look = bool(rng.random() < opts.p_appearance)
+    with seeded(int(rng.integers(2**31))):
+        if deform:
+            image, labels, point = spatial(image, labels, point, opts.patch, opts.spatial)
+        target = labels == label
+        if not target.any():
+            return None
+        if paint:
+            image = synth.paint(labels, label, opts.synth)
+            stats = ImageStats(float(image.mean()), max(float(image.std()), 1e-6))
+        else:
+            image = apply_appearance(image, appearance_chain(opts.appearance)) if change_look else image
+            stats = case.stats
+    prompts, click0 = patch_prompts(kind, target, window.scale, case.shape, point, rng)
+    x = encode(Window.identity(opts.patch), image, stats, prompts)
+    target_t = torch.from_numpy(target)
     # light augmentation: intensity scale/shift of the image channel, optional flips
     img = x[CHANNELS["image"]]
     if opts.intensity_scale > 0:
@@ -289,30 +425,50 @@ def make_sample(store: CaseStore, opts: SampleOptions, seed: int, index: int) ->
         axes = [a for a in range(3) if rng.random() < 0.5]
         if axes:
             x = torch.flip(x, [a + 1 for a in axes])
-            target = torch.flip(target, axes)
+            target_t = torch.flip(target_t, axes)
             for a in axes:
                 click0[a] = opts.patch[a] - 1 - click0[a]
     return {
         "input": x.numpy(),
-        "target": target.numpy(),
-        "has_box": np.bool_(has_box),
+        "target": target_t.numpy(),
+        "has_box": np.bool_(kind != "nobox"),
         "click0": click0.astype(np.float32),
-        "case": np.int64(ci),
+        "kind": np.int64(PROMPT_KINDS.index(kind)),
         "label": np.int64(label),
     }
+
+
+def make_sample(sources: Any, opts: SampleOptions, seed: int, index: int, attempts: int = 8) -> dict[str, np.ndarray]:
+    """Sample `index` of the stream `seed`: a source drawn from the mixture (a `training.mixture.Sources`, or
+    a bare CaseStore = real images only), then `render_sample`; redrawn when the object vanished.
+    Adds `source` (the index of the source in `training.mixture.SOURCE_NAMES`)."""
+    from .mixture import as_sources
+
+    sources = as_sources(sources)
+    for attempt in range(attempts):
+        rng = np.random.default_rng([int(seed), int(index), attempt])
+        drawn = sources.draw(rng)
+        sample = render_sample(drawn.case, drawn.label, drawn.paint, opts, rng, drawn.click)
+        if sample is not None:
+            sample["source"] = np.int64(drawn.source)
+            return sample
+    raise RuntimeError(f"sample {index} of stream {seed}: the object vanished from the patch {attempts} times "
+                       f"(last: {drawn.case.name} label {drawn.label})")
 
 
 class PromptDataset(torch.utils.data.Dataset):
     """Map-style dataset over an unbounded stream of sample indices (see `StreamSampler`)."""
 
-    def __init__(self, store: CaseStore, opts: SampleOptions, seed: int):
-        self.store, self.opts, self.seed = store, opts, int(seed)
+    def __init__(self, sources: Any, opts: SampleOptions, seed: int):
+        from .mixture import as_sources
+
+        self.sources, self.opts, self.seed = as_sources(sources), opts, int(seed)
 
     def __len__(self) -> int:
         return 2**62
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return make_sample(self.store, self.opts, self.seed, int(index))
+        return make_sample(self.sources, self.opts, self.seed, int(index))
 
 
 class StreamSampler(torch.utils.data.Sampler):

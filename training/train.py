@@ -23,12 +23,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from inference import precision
 from inference.network import (PROFILES, LoadedModel, atomic_torch_save, checkpoint_dict, load_model, new_model,
                                save_checkpoint)
 
 from . import config as C
 from .data import (CaseStore, PromptDataset, SampleOptions, StreamSampler, list_cases, make_loader,
                    select_coreset, write_case_list)
+from .mixture import Mixture, Sources
 from .simulate import make_predict, segmentation_loss, simulate_prompts
 
 TRAIN_FORMAT = "segfm3d-train-v1"
@@ -90,8 +92,13 @@ def init_distributed(dist: Dist, device: torch.device) -> None:
 
 
 def autocast_factory(device: torch.device, amp: str) -> tuple[Callable[[], Any], torch.dtype | None]:
-    """A zero-argument autocast context factory and its dtype (None: full precision)."""
-    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+    """A zero-argument autocast context factory and its dtype (None: full precision).
+
+    auto: on CUDA bf16 where supported, else fp16; on a CPU what `inference.precision` picks
+    ($SEGFM_PRECISION, default: bf16 where the processor computes it natively, else fp32)."""
+    if amp == "auto" and device.type != "cuda":
+        amp = {"bf16": "bf16", "fp32": "none"}[precision.resolve(device)]
+    if amp == "none":
         return nullcontext, None
     if amp == "auto":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -145,6 +152,17 @@ def initial_model(cfg: C.TrainConfig) -> LoadedModel:
     return new_model(cfg.profile, seed=cfg.seed)
 
 
+def build_sources(cfg: C.TrainConfig, paths: list[Path], workers: int) -> Sources:
+    """The training sources: the --data cases (real and, with the --labelmaps maps, synthesised), the supervoxel
+    cases under --pseudo, and the canvases; the RAM budget is shared among the stores and workers."""
+    maps = list_cases(cfg.labelmaps) if cfg.labelmaps and Path(cfg.labelmaps).is_dir() else []
+    pseudo = list_cases(cfg.pseudo) if cfg.pseudo and Path(cfg.pseudo).is_dir() else []
+    ram = cfg.ram_cache_mb / max(1, workers) / 3
+    kw = dict(cache_dir=cfg.cache_dir or None, mmap_min_mb=cfg.mmap_min_mb, ram_budget_mb=ram)
+    return Sources(CaseStore(paths, **kw), CaseStore(list(paths) + maps, **kw),
+                   CaseStore(pseudo, **kw) if pseudo else None, Mixture.from_config(cfg))
+
+
 def check_patch(patch: tuple[int, int, int], model: LoadedModel) -> None:
     for p, d in zip(patch, model.divisor):
         if p % d:
@@ -158,8 +176,9 @@ def lr_at(step: int, cfg: C.TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    t = min(1.0, max(0.0, (step - cfg.warmup_steps) / span))
+    start = max(cfg.warmup_steps, cfg.decay_from)
+    span = max(1, cfg.steps - start)
+    t = min(1.0, max(0.0, (step - start) / span))
     if cfg.schedule == "cosine":
         return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
     if cfg.schedule == "poly":
@@ -363,9 +382,11 @@ def setup(cfg: C.TrainConfig, given: set[str] | None = None) -> Trainer:
         paths = select_coreset(paths, cfg.coreset, cfg.seed, root if root.is_dir() else None)
         if dist.main:
             write_case_list(paths, out / "coreset.txt", root if root.is_dir() else None)
-    workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
-    store = CaseStore(paths, cfg.cache_dir or None, cfg.mmap_min_mb, cfg.ram_cache_mb / max(1, workers))
-    dataset = PromptDataset(store, SampleOptions.from_config(cfg, patch), cfg.seed)
+    # One worker on a CPU: sampling (synthesis, deformation) overlaps the network and runs single-threaded
+    # (cornucopia's ops ran 3-4x slower with the 2 training threads than with 1, measured on 2 cores).
+    workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 1)
+    sources = build_sources(cfg, paths, workers)
+    dataset = PromptDataset(sources, SampleOptions.from_config(cfg, patch), cfg.seed)
     sampler = StreamSampler(cfg.batch_size, dist.rank, dist.world, start=step * cfg.accum)
     batches = make_loader(dataset, sampler, cfg.batch_size, workers, pin_memory=device.type == "cuda")
     if dist.main:
@@ -446,8 +467,11 @@ def save_all(tr: Trainer) -> None:
     atomic_torch_save(ck, out / "last.pt")
     if tr.cfg.keep_every > 0 and tr.step % tr.cfg.keep_every == 0:
         atomic_torch_save(ck, out / f"step_{tr.step:07d}.pt")
-    meta = {"step": tr.step, "trained_by": "training"}
+    meta = {"step": tr.step, "trained_by": "training", "mixture": Mixture.from_config(tr.cfg).as_dict(),
+            "train_config": asdict(tr.cfg)}
     save_checkpoint(tr.model, out / "model.pt", meta)
+    if tr.cfg.snapshot_every > 0 and tr.step % tr.cfg.snapshot_every == 0:
+        save_checkpoint(tr.model, out / "snapshots" / f"model_{tr.step:06d}.pt", meta)
     if tr.cfg.export:
         save_checkpoint(tr.model, tr.cfg.export, meta)
 
