@@ -15,6 +15,9 @@
    machine. The label maps must be identical voxel for voxel.
 4. The reading and validation code's tests (tests/test_case_io.py, the fuzz corpus included) under the real
    base's Python, in a `--reading-check-suite` (trixie: Python 3.13) stand-in with numpy from local wheels.
+Setup on a machine like this one (no Docker engine): `apt-get install -y podman runc mmdebstrap` and an
+/etc/containers/containers.conf holding `default_ulimits = []` under `[containers]` and `runtime = "runc"`,
+`cgroup_manager = "cgroupfs"` under `[engine]`.
 Everything measured is printed and written to `<out>/image_check.json`. Exit status 0 only when every
 step ran in both places, the labels are identical and the reading check passed.
 """
@@ -57,7 +60,7 @@ def find_engine(name: str | None) -> str:
     for engine in ([name] if name else ["podman", "docker"]):
         if shutil.which(engine) and subprocess.run([engine, "info"], capture_output=True).returncode == 0:
             return engine
-    raise SystemExit("error: no working container engine (podman or docker); see README 'The container'")
+    raise SystemExit("error: no working container engine (podman or docker); setup: python -m evaluation.image_check --help")
 
 
 def image_exists(engine: str, image: str) -> bool:
@@ -217,8 +220,8 @@ def compare_case(path: Path, runners: dict[str, SubprocessPredictor]) -> list[di
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.image_check", description=__doc__.split("\n\n")[0],
-                                 epilog="Steps and outputs: see the module docstring (evaluation/image_check.py).")
+    ap = argparse.ArgumentParser(prog="python -m evaluation.image_check", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=str(PROJECT_ROOT / "samples"), help="training-format cases (default samples/)")
     ap.add_argument("--image", default="segfm3d:latest", help="tag of the image to build (default segfm3d:latest)")
     ap.add_argument("--engine", default=None, help="podman or docker (default: the first that works)")
