@@ -2,9 +2,17 @@
 # Build the CPU image (default) or a CUDA one:
 #   docker build -t segfm3d .
 #   docker build -t segfm3d --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 .
-FROM python:3.13-slim-bookworm
+# Offline (what `make image-check` does where no registry or PyTorch index is reachable): another base
+# with Python >= 3.11 and pip, and every wheel from a local folder mounted at build time:
+#   podman build --build-arg BASE_IMAGE=localhost/segfm3d-standin:bookworm --network none \
+#     --volume $PWD/build/wheels:/wheels:ro --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels .
+ARG BASE_IMAGE=python:3.13-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# pip reads these from the environment; unset unless given with --build-arg.
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \

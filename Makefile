@@ -4,6 +4,7 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 IMAGE       ?= segfm3d
+ENGINE      ?= docker
 TORCH_INDEX ?= $(TORCH_CPU_INDEX)
 WEIGHTS     ?= weights/default.pt
 CASES       ?= data/heldout
@@ -12,7 +13,7 @@ EXTRA_DATA  ?=
 # predict.sh runs `python3` from PATH: the venv's comes first for every target.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install test demo eval bench data samples train-default docker clean
+.PHONY: help install test demo eval bench data samples train-default docker image-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -51,10 +52,13 @@ samples: $(VENV)/.installed  ## regenerate the committed sample cases in samples
 train-default: $(VENV)/.installed data  ## reproduce weights/default.pt from scratch (CPU, see weights/README.md)
 	sh training/train_default.sh
 
-docker:  ## build the image, squash it when docker-squash is installed, save $(IMAGE).tar.gz
-	docker build -t $(IMAGE):latest --build-arg TORCH_INDEX=$(TORCH_INDEX) .
+docker:  ## build the image (ENGINE=docker, or podman), squash it when docker-squash is installed, save $(IMAGE).tar.gz
+	$(ENGINE) build -t $(IMAGE):latest --build-arg TORCH_INDEX=$(TORCH_INDEX) .
 	if command -v docker-squash >/dev/null 2>&1; then docker-squash -t $(IMAGE):latest $(IMAGE):latest; fi
-	docker save $(IMAGE):latest | gzip > $(IMAGE).tar.gz
+	$(ENGINE) save -o $(IMAGE).tar $(IMAGE):latest && gzip -f $(IMAGE).tar
+
+image-check: $(VENV)/.installed  ## build the image (podman; offline stand-in base if needed), run it as the organizer over samples/ (box + 1 click step), compare with predict.sh here
+	$(PY) -m evaluation.image_check --cases samples --image $(IMAGE):latest --out build/image_check
 
 clean:  ## remove outputs (keeps .venv and data/)
 	rm -rf demo_out eval_out bench_out .pytest_cache

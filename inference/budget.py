@@ -67,3 +67,32 @@ class Budget:
         if left >= need / 6.0 and left >= self.run_cost / 6.0:
             return REDUCED
         return FALLBACK
+
+
+# The watchdog (inference/watchdog.py) keeps this much before a case's hard deadline to write its fallback.
+# For a case the worker has read (validated), only 'prev_pred' and the boxes are read again and the labels
+# are written uncompressed; a case not read yet is read whole first. Rates measured on this 2-core machine
+# at load 6 on a 300x512x512 CT-like case (whole case 20 MB/s of npz, prev_pred 115 Mvoxel/s, raw write
+# 220-330 Mvoxel/s), halved for margin.
+FALLBACK_FIXED_S = 0.5
+READ_BYTES_PER_S = 10e6
+PREV_READ_VOXELS_PER_S = 55e6
+RAW_WRITE_VOXELS_PER_S = 100e6
+WATCHDOG_MIN_SHARE = 0.9  # the planner aims at 80 % of a case's share; the watchdog never acts before 90 %
+
+
+def hard_deadline(start: float, num_classes: int, per_class_run_s: float = 15.0) -> float:
+    """The latest moment a case's output should appear: its whole share of the budget, no safety margin."""
+    return start + per_class_run_s * max(num_classes, 1)
+
+
+def fallback_reserve_s(voxels: int, file_bytes: int | None = None) -> float:
+    """Seconds to write a case's fallback: from its small members, or (`file_bytes` given) after reading it whole."""
+    read = voxels / PREV_READ_VOXELS_PER_S if file_bytes is None else file_bytes / READ_BYTES_PER_S
+    return FALLBACK_FIXED_S + read + voxels / RAW_WRITE_VOXELS_PER_S
+
+
+def watchdog_time(start: float, num_classes: int, per_class_run_s: float, reserve_s: float) -> float:
+    """When the watchdog takes a case over: its hard deadline less the reserve, never before 90 % of its share."""
+    hard = hard_deadline(start, num_classes, per_class_run_s)
+    return max(hard - reserve_s, start + WATCHDOG_MIN_SHARE * (hard - start))

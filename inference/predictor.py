@@ -19,6 +19,7 @@ from scipy import ndimage
 from . import budget as B
 from . import precision as P
 from .case_io import Case, parse_case
+from .fallback import add_fallback, fallback_segs  # noqa: F401 - fallback_segs: re-exported
 from .fusion import ProductBackgroundFusion
 from .network import LoadedModel, load_model
 from .prompts import ClassPrompts, ImageStats, encode, image_stats
@@ -43,10 +44,8 @@ def configure_cpu_threads() -> None:
 
 def class_prompts(case: Case, c: int) -> ClassPrompts:
     """Class index c's box (3D cuboid, inclusive) and clicks, (z, y, x)."""
-    box = None
-    if case.boxes is not None:
-        b = case.boxes[c]
-        box = (b.lo, b.hi)
+    b = case.boxes[c] if case.boxes is not None else None
+    box = (b.lo, b.hi) if b is not None else None
     return ClassPrompts(box, case.fg_clicks[c], case.bg_clicks[c])
 
 
@@ -218,29 +217,11 @@ class Predictor:
                   f"run cost {budget.run_cost:.2f} s, {budget.remaining():.1f} s left", file=sys.stderr)
         return fusion.labels()
 
-    @staticmethod
-    def _add_fallback(fusion: ProductBackgroundFusion, case: Case, c: int, prev_slices) -> None:
-        """Keep the previous mask of class index c, or at the box step fill its box."""
-        if prev_slices is not None:
-            fusion.add_mask(c + 1, case.prev_pred[prev_slices] == c + 1, prev_slices)
-        elif case.boxes is not None and case.prev_pred is None:
-            b = case.boxes[c]
-            region = tuple(slice(lo, hi + 1) for lo, hi in zip(b.lo, b.hi))
-            fusion.add_mask(c + 1, np.ones([s.stop - s.start for s in region], bool), region)
+    _add_fallback = staticmethod(add_fallback)
 
     def predict(self, data: dict[str, Any], name: str = "case") -> np.ndarray:
         """Predict from the contents of a challenge npz (imgs, spacing, boxes, clicks, clicks_order, prev_pred)."""
         return self.predict_case(parse_case(data, name))
-
-
-def fallback_segs(case: Case) -> np.ndarray:
-    """The prediction written when the model fails on a valid case: the previous one, or the boxes filled."""
-    if case.prev_pred is not None:
-        return case.prev_pred.copy()
-    fusion = ProductBackgroundFusion(case.shape)
-    for c in range(case.num_classes):
-        Predictor._add_fallback(fusion, case, c, None)
-    return fusion.labels()
 
 
 def load_predictor(checkpoint_path: str | os.PathLike | None = None, device=None, **kw) -> Predictor:

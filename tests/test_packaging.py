@@ -25,7 +25,9 @@ def _dockerfile():
 
 def test_dockerfile_base_and_settings():
     text = _dockerfile()
-    assert re.search(r"^FROM python:3\.13-slim-bookworm\s*$", text, re.M)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.13-slim-bookworm\s*$", text, re.M)  # the organizer's build
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}\s*$", text, re.M)
+    assert re.search(r"^ARG PIP_NO_INDEX\s*$", text, re.M) and re.search(r"^ARG PIP_FIND_LINKS\s*$", text, re.M)
     assert re.search(r"^ENV .*PIP_NO_CACHE_DIR=1", text, re.M)
     assert re.search(r"^WORKDIR /workspace\s*$", text, re.M)
     assert re.search(r"^ARG TORCH_INDEX=", text, re.M)  # the build argument that picks CPU or CUDA torch
@@ -43,6 +45,10 @@ def test_dockerfile_copies_only_existing_runtime_files():
     copied = {s.rstrip("/") for s in sources}
     assert {"inference", "weights", "predict.sh", "requirements.txt"} <= copied
     assert not copied & {"training", "evaluation", "tests", "data", "samples"}  # runtime only
+    # .dockerignore keeps the build context to what is copied (not .venv, data/, build/wheels)
+    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ignore[0] == "*" and {f"!{s}" for s in sources} <= set(ignore)
 
 
 def test_requirements_are_pinned():
