@@ -19,6 +19,9 @@ What the model was trained on: 3D boxes, points (+/-), and positive 2D boxes, la
 slice (the data engine's viewer prompts, in checkpoints trained after it; weights/default.pt predates them).
 Negative boxes, negative lassos and negative scribbles are accepted (the protocol has them) and encoded in
 nnInteractive's negative channels, but no model here was trained on them: `UNTRAINED` lists them.
+
+The session runs from the repository, not from the challenge image (it uses `evaluation.regions` and, for
+intensities, `training.convert`); the container's path never imports it.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
+
+from evaluation.regions import bounding_box, union_slices
 
 from . import budget as B
 from .fusion import single_object_mask
@@ -152,7 +156,7 @@ def _mask_voxels(mask: np.ndarray, shape: tuple[int, ...], bbox) -> np.ndarray:
 
 
 def _int_bounds(bbox) -> list[tuple[int, int]]:
-    """[[a0, b0], [a1, b1], [a2, b2]] (numbers, rounded) -> a list of int pairs, or SessionError."""
+    """A box [[z0, z1], [y0, y1], [x0, x1]] (numbers, rounded; image array order) -> int pairs, or SessionError."""
     try:
         pairs = [(float(a), float(b)) for a, b in bbox]
     except (TypeError, ValueError):
@@ -162,20 +166,8 @@ def _int_bounds(bbox) -> list[tuple[int, int]]:
     return [(int(round(a)), int(round(b))) for a, b in pairs]
 
 
-def region_of(mask: np.ndarray) -> Region | None:
-    """Bounding box (z, y, x slices) of the nonzero voxels, or None."""
-    found = ndimage.find_objects(np.asarray(mask != 0, np.uint8))
-    return found[0] if found else None
-
-
-def hull(a: Region | None, b: Region | None) -> Region | None:
-    if a is None or b is None:
-        return a if b is None else b
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
-
-
 def offset(inner: Region | None, outer: Region) -> Region | None:
-    """`inner`, given relative to the start of `outer`, in volume coordinates."""
+    """`inner` (z, y, x slices relative to the start of `outer`) in volume coordinates (None stays None)."""
     if inner is None:
         return None
     return tuple(slice(o.start + s.start, o.start + s.stop) for s, o in zip(inner, outer))
@@ -332,7 +324,7 @@ class InteractiveSession:
             self.prompts = PromptLog()
             self.pending = False
             np.not_equal(seg, 0, out=self.mask.view(bool))
-            self.mask_box = region_of(self.mask)
+            self.mask_box = bounding_box(self.mask)
             if not run_prediction:
                 return Update(False, entry.region)
             return self._predict(entry)
@@ -362,7 +354,7 @@ class InteractiveSession:
         changed = None
         if entry.region is not None:
             diff = self.mask[entry.region] != entry.before
-            changed = offset(region_of(diff), entry.region)
+            changed = offset(bounding_box(diff), entry.region)
         self._restore(entry)
         return Update(True, changed)
 
@@ -413,6 +405,6 @@ class InteractiveSession:
             entry.region, entry.before = region, self.mask[region].copy()
         for slab, values in window.paste(probs):
             self.mask[slab] = single_object_mask(values)
-        box = hull(self.mask_box, region)
-        self.mask_box = offset(region_of(self.mask[box]), box)
+        box = union_slices(self.mask_box, region)
+        self.mask_box = offset(bounding_box(self.mask[box]), box)
         return Update(True, region)

@@ -7,7 +7,8 @@ from inference.fusion import ProductBackgroundFusion, single_object_mask
 from inference.network import new_model
 from inference.predictor import Predictor
 from inference.prompts import encode
-from inference.session import InteractiveSession, SessionError, prepare_image, region_of
+from evaluation.regions import bounding_box
+from inference.session import InteractiveSession, SessionError, prepare_image
 
 SHAPE = (24, 40, 48)
 
@@ -125,7 +126,7 @@ def test_queued_prompts_predict_later_and_undo_restores_prompts_and_mask(tiny):
     assert first.ran and s.mask.any() and not s.pending
     after_box = s.mask.copy()
     click = s.add_point((12, 18, 28), False)
-    changed = region_of(s.mask != after_box)
+    changed = bounding_box(s.mask != after_box)
     undone = s.undo()
     assert undone.ran and np.array_equal(s.mask, after_box) and s.prompts.bg == []
     assert undone.region == changed  # the tight box of what changed back, inside the click's window
