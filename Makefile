@@ -10,20 +10,24 @@ WEIGHTS     ?= weights/default.pt
 CASES       ?= data/heldout
 OUT         ?= eval_out
 EXTRA_DATA  ?=
+HOST        ?= 127.0.0.1
+PORT        ?= 1527
 # predict.sh runs `python3` from PATH: the venv's comes first for every target.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install test demo eval bench data samples train-default docker image-check clean
+.PHONY: help install test demo eval bench serve data samples train-default docker image-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-serve.txt requirements-dev.txt
 	$(PYTHON_BOOT) -m venv $(VENV)
 	@# CPU build of torch: from a local wheel when pip finds one (--no-index), else from PyTorch's CPU index.
 	$(PY) -m pip install --no-index torch==2.13.0 || $(PY) -m pip install --index-url $(TORCH_CPU_INDEX) torch==2.13.0
 	$(PY) -m pip install -r requirements-dev.txt
 	$(PY) -m pip install --no-deps -r requirements-nodeps.txt
+	@# the older nnInteractive client, beside the venv, for tests/test_serve.py's 2.5.0 compatibility test
+	$(PY) -m pip install --no-deps --target .cache/nninteractive-client-2.5.0 nninteractive-client==2.5.0
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv with the CPU torch build and everything else
@@ -42,6 +46,9 @@ bench: $(VENV)/.installed  ## inference, evaluation and training timings on this
 	$(PY) -m inference.bench
 	$(PY) -m evaluation.bench
 	$(PY) -m training.bench
+
+serve: $(VENV)/.installed  ## nnInteractive-compatible server for napari / 3D Slicer (HOST, PORT, WEIGHTS; key from env NN_INTERACTIVE_API_KEY)
+	$(PY) -m inference.serve --host $(HOST) --port $(PORT) --checkpoint $(WEIGHTS)
 
 data: $(VENV)/.installed  ## fetch + convert every permitted volume into data/{train,heldout,labelmaps,images} (EXTRA_DATA=dir: the shared data, docs/data.md)
 	$(PY) -m training.prepare_data --out data $(if $(EXTRA_DATA),--extra-data $(EXTRA_DATA))

@@ -11,6 +11,12 @@ import numpy as np
 _EPS = 1e-7
 
 
+def single_object_mask(probs: np.ndarray) -> np.ndarray:
+    """The fused labels (uint8 0/1, any axis order) when there is only one object: foreground where
+    p > p_bg = 1 - p, ties to the background, i.e. where p > 0.5 (what `ProductBackgroundFusion` gives for one class)."""
+    return (np.asarray(probs) > 0.5).astype(np.uint8)
+
+
 class ProductBackgroundFusion:
     """Accumulates classes one window at a time; `labels()` gives the uint8 (z, y, x) label map."""
 

@@ -49,10 +49,11 @@ def test_dockerfile_copies_only_existing_runtime_files():
     ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
               if line.strip() and not line.startswith("#")]
     assert ignore[0] == "*" and {f"!{s}" for s in sources} <= set(ignore)
+    assert "requirements-serve.txt" not in _dockerfile()  # the interactive server stays out of the image
 
 
 def test_requirements_are_pinned():
-    for name in ("requirements.txt", "requirements-nodeps.txt", "requirements-dev.txt"):
+    for name in ("requirements.txt", "requirements-nodeps.txt", "requirements-serve.txt", "requirements-dev.txt"):
         for line in (ROOT / name).read_text().splitlines():
             line = line.split("#")[0].strip()
             if line and not line.startswith("-r"):
@@ -60,10 +61,12 @@ def test_requirements_are_pinned():
 
 
 def test_runtime_imports_need_only_the_runtime_requirements():
-    # the image has torch, numpy, scipy and dynamic-network-architectures; block everything else we use
+    # the image has torch, numpy, scipy and dynamic-network-architectures; block everything else we use,
+    # the interactive server's packages included (requirements-serve.txt is not in the image)
     code = (
         "import sys\n"
-        "BLOCKED = {'cc3d', 'edt', 'SimpleITK', 'nibabel', 'matplotlib', 'tqdm', 'evaluation', 'training'}\n"
+        "BLOCKED = {'cc3d', 'edt', 'SimpleITK', 'nibabel', 'matplotlib', 'tqdm', 'evaluation', 'training',\n"
+        "           'fastapi', 'uvicorn', 'blosc2', 'starlette', 'httpx', 'nnInteractive'}\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] in BLOCKED: raise ImportError(f'{name} is not in the image')\n"
