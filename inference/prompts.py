@@ -66,7 +66,10 @@ def draw_ball(channel: torch.Tensor, centre, radius: int = CLICK_RADIUS) -> None
 
 
 def fill_box(channel: torch.Tensor, window: Window, lo, hi) -> None:
-    """Fill the patch voxels covered by the inclusive volume box [lo, hi] (z, y, x) with 1."""
+    """Fill the patch voxels covered by the inclusive volume box [lo, hi] (z, y, x) with 1 (nothing when the box
+    lies outside the window, e.g. a refinement tile beside it)."""
+    if not window.overlaps(lo, hi):
+        return
     a, b = window.box_to_patch(lo, hi)
     channel[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = 1.0
 

@@ -99,6 +99,10 @@ class Window:
         b = np.clip(np.maximum(b, a + 1), 1, patch).astype(int)
         return a, b
 
+    def overlaps(self, lo, hi) -> bool:
+        """Whether the inclusive volume box [lo, hi] (z, y, x) shares a voxel with the window."""
+        return all(l <= s + n - 1 and h >= s for l, h, s, n in zip(lo, hi, self.start, self.size))
+
     def inside(self) -> tuple[slice, slice, slice]:
         """The part of the window inside the volume, as volume slices (z, y, x)."""
         return tuple(slice(max(s, 0), min(s + n, d)) for s, n, d in zip(self.start, self.size, self.shape))

@@ -196,3 +196,30 @@ def test_bf16_and_fp32_agree_on_a_tiny_network(monkeypatch):
     monkeypatch.setenv("SEGFM_PRECISION", "half")
     with pytest.raises(ValueError, match="SEGFM_PRECISION"):
         precision.resolve("cpu")
+
+
+def test_refine_tiles_sit_on_a_large_objects_surface_with_a_coarse_mask():
+    big = cube_case((90, 90, 90), lo=(10, 10, 10), size=(70, 70, 70))
+    opts = SampleOptions(PATCH, p_no_box=0.0, p_refine=1.0, intensity_scale=0.0, intensity_shift=0.0)
+    for seed in range(4):
+        s = render_sample(big, 1, False, opts, np.random.default_rng(seed))
+        assert PROMPT_KINDS[int(s["kind"])] == "refine"
+        target, prev = s["target"], s["input"][CHANNELS["prev_seg"]] > 0.5
+        assert 0.05 < target.mean() < 0.95  # the tile straddles the surface at (near) native resolution
+        assert 2 * (prev & target).sum() / (prev.sum() + target.sum()) > 0.8
+        box = s["input"][CHANNELS["box_pos"]]
+        assert bool(s["has_box"]) == bool(box.any())
+    small = cube_case()
+    s = render_sample(small, 1, False, opts, np.random.default_rng(0))
+    assert PROMPT_KINDS[int(s["kind"])] == "box"  # too small to be refined at inference: an ordinary box sample
+
+
+def test_a_box_outside_the_window_draws_nothing():
+    from inference.prompts import fill_box
+
+    w = Window((0, 0, 0), (16, 16, 16), (16, 16, 16), (64, 64, 64))
+    ch = torch.zeros(16, 16, 16)
+    fill_box(ch, w, (20, 2, 2), (30, 10, 10))
+    assert not ch.any()
+    fill_box(ch, w, (10, 2, 2), (30, 10, 10))
+    assert ch[10:, 2:11, 2:11].all() and ch.sum() == 6 * 9 * 9

@@ -61,6 +61,10 @@ class TrainConfig:
                                           "(default: they follow --p-click; their first click is a prompt already)")
     p_viewer: float = opt(0.15, "probability that a sample's first prompt is a viewer's 2D box, lasso or "
                                 "scribble (one slice) instead of the organizer's box")
+    p_refine: float = opt(0.0, "probability of a native-resolution tile on the surface of a large object (one whose "
+                               "window is zoomed >= 1.5) with a coarse mask as previous segmentation and the box "
+                               "(half of the time) as it crosses the tile: what inference refinement and click-local "
+                               "updates feed the network")
     p_spatial: float = opt(0.5, "probability of a random affine + elastic deformation (image, labels and prompts "
                                 "alike)")
     p_appearance: float = opt(0.3, "probability of random gamma / bias field / thick slices / blur / noise on a "
@@ -127,7 +131,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError on inconsistent options."""
-        for name in ("p_no_box", "p_click", "coreset", "p_viewer", "p_spatial", "p_appearance"):
+        for name in ("p_no_box", "p_click", "coreset", "p_viewer", "p_refine", "p_spatial", "p_appearance"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {v}")
@@ -136,8 +140,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "accum", "click_rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.p_no_box + self.p_viewer > 1:
-            raise ValueError("--p-no-box + --p-viewer must be <= 1")
+        if self.p_no_box + self.p_viewer + self.p_refine > 1:
+            raise ValueError("--p-no-box + --p-viewer + --p-refine must be <= 1")
         if min(getattr(self, f"mix_{n}") for n in ("real", "synth", "pseudo", "ensemble", "procedural")) < 0:
             raise ValueError("--mix-* weights must be >= 0")
         if self.zoom_aug_max < 1 or self.nobox_zoom_max < 1:

@@ -37,7 +37,7 @@ from evaluation.boxes import box_from_mask, jitter_shift
 from evaluation.clicks import simulate_click
 from inference.network import CHANNELS
 from inference.prompts import ClassPrompts, ImageStats, draw_ball, encode, image_stats
-from inference.window import Window
+from inference.window import Window, zoom_factor
 
 from . import synth, viewer_prompts
 from .augment import IntensityOptions, SpatialOptions, appearance_chain, apply_appearance, seeded, spatial
@@ -278,7 +278,7 @@ def organizer_box(case: CaseData, label: int, seed: int) -> tuple[Triple, Triple
 
 
 # ---------------------------------------------------------------------- one sample
-PROMPT_KINDS = ("box", "nobox", "box2d", "lasso", "scribble")
+PROMPT_KINDS = ("box", "nobox", "box2d", "lasso", "scribble", "refine")
 
 
 @dataclass(frozen=True)
@@ -294,6 +294,7 @@ class SampleOptions:
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     p_viewer: float = 0.0          # share of samples whose first prompt is a viewer's 2D box, lasso or scribble
+    p_refine: float = 0.0          # share of native-resolution tiles on a large object's surface with a coarse mask
     viewer_weights: tuple[float, float, float] = (0.4, 0.3, 0.3)
     p_spatial: float = 0.0         # share of samples deformed by a random affine + elastic transform
     context: float = 1.25          # context margin (x the patch) resampled around a deformed sample
@@ -306,7 +307,7 @@ class SampleOptions:
     def from_config(cls, cfg: Any, patch: Sequence[int]) -> "SampleOptions":
         return cls(tuple(int(v) for v in patch), cfg.p_no_box, cfg.zoom_aug_max, cfg.nobox_zoom_max,
                    cfg.shift_frac, cfg.flip, cfg.intensity_scale, cfg.intensity_shift, cfg.p_viewer,
-                   p_spatial=cfg.p_spatial, p_appearance=cfg.p_appearance)
+                   p_refine=cfg.p_refine, p_spatial=cfg.p_spatial, p_appearance=cfg.p_appearance)
 
 
 def sample_window(lo, hi, patch: Triple, shape: Triple, zoom_extra: float, shift: np.ndarray) -> Window:
@@ -324,7 +325,31 @@ def draw_prompt_kind(rng: np.random.Generator, opts: SampleOptions) -> str:
     if u < opts.p_no_box + opts.p_viewer:
         w = np.asarray(opts.viewer_weights, float)
         return ("box2d", "lasso", "scribble")[int(rng.choice(3, p=w / w.sum()))]
+    if u < opts.p_no_box + opts.p_viewer + opts.p_refine:
+        return "refine"
     return "box"
+
+
+REFINE_MIN_ZOOM = 1.5  # objects whose window is zoomed at least this much get native-resolution refinement
+
+
+def surface_voxel(case: CaseData, label: int, patch: Triple, rng: np.random.Generator) -> Triple | None:
+    """A random voxel (z, y, x) on the object's surface when the object's own window would be zoomed by at
+    least REFINE_MIN_ZOOM (the regime where inference refines at native resolution), else None."""
+    box = case.box_of(label)
+    if zoom_factor(np.array([s.stop - s.start for s in box]), np.asarray(patch)) < REFINE_MIN_ZOOM:
+        return None
+    mask = np.asarray(case.gts[box]) == label
+    surface = np.argwhere(mask & ~ndimage.binary_erosion(mask))
+    p = surface[rng.integers(len(surface))] + [s.start for s in box]
+    return tuple(int(v) for v in p)  # type: ignore[return-value]
+
+
+def coarse_mask(target: np.ndarray, rng: np.random.Generator, zoom: float) -> np.ndarray:
+    """What a prediction at `zoom` x coarser resolution looks like on the patch (z, y, x): the target blurred by
+    a Gaussian of about zoom / 2 voxels and thresholded near 0.5 (rounded corners, lost thin parts)."""
+    sigma = float(rng.uniform(0.5, 1.5)) * zoom / 2
+    return ndimage.gaussian_filter(target.astype(np.float32), sigma) > float(rng.uniform(0.4, 0.6))
 
 
 def patch_organizer_box(target: np.ndarray, scale: np.ndarray, shape: Triple, seed: int) -> tuple[Triple, Triple]:
@@ -384,17 +409,23 @@ def render_sample(case: CaseData, label: int, paint: bool, opts: SampleOptions,
     """
     paint = paint or case.image is None
     kind = draw_prompt_kind(rng, opts)
+    centre = surface_voxel(case, label, opts.patch, rng) if kind == "refine" else None
+    if kind == "refine" and centre is None:
+        kind = "box"  # a small object: inference does not refine it
     shift = rng.uniform(-opts.shift_frac, opts.shift_frac, 3) if opts.shift_frac > 0 else np.zeros(3)
     if kind == "nobox":
         click = click if click is not None else first_click(case, label)
         lo = hi = click
         zoom_extra = float(rng.uniform(1.0, opts.nobox_zoom_max))
+    elif kind == "refine":
+        lo = hi = centre
+        zoom_extra = float(rng.uniform(1.0, 1.3))  # native or near-native resolution
     else:
         box = case.box_of(label)
         lo, hi = tuple(s.start for s in box), tuple(s.stop - 1 for s in box)
         zoom_extra = float(rng.uniform(1.0, opts.zoom_aug_max))
     window = sample_window(lo, hi, opts.patch, case.shape, zoom_extra, shift)
-    deform = bool(rng.random() < opts.p_spatial)
+    deform = bool(rng.random() < opts.p_spatial) and kind != "refine"  # refinement tiles keep the volume's frame
     frame = window.grown(np.round(np.asarray(opts.patch) * opts.context).astype(int)) if deform else window
     labels = frame.crop_nearest(case.gts)
     image = None if paint else frame.crop(case.image, fill=case.stats.mean).numpy()
@@ -412,8 +443,19 @@ def render_sample(case: CaseData, label: int, paint: bool, opts: SampleOptions,
         else:
             image = apply_appearance(image, appearance_chain(opts.appearance)) if change_look else image
             stats = case.stats
-    prompts, click0 = patch_prompts(kind, target, window.scale, case.shape, point, rng)
-    x = encode(Window.identity(opts.patch), image, stats, prompts)
+    prev = None
+    has_box = kind != "nobox"
+    if kind == "refine":  # the organizer's box (half of the time) as it crosses this tile, and a coarse mask
+        box_lo, box_hi = organizer_box(case, label, int(rng.integers(2**31)))
+        has_box = bool(rng.random() < 0.5) and window.overlaps(box_lo, box_hi)
+        a, b = window.box_to_patch(box_lo, box_hi)
+        prompts = ClassPrompts((tuple(a), tuple(b - 1)) if has_box else None, EMPTY_POINTS, EMPTY_POINTS)
+        whole = case.box_of(label)
+        prev = coarse_mask(target, rng, zoom_factor(np.array([s.stop - s.start for s in whole]), np.asarray(opts.patch)))
+        click0 = np.full(3, np.nan)
+    else:
+        prompts, click0 = patch_prompts(kind, target, window.scale, case.shape, point, rng)
+    x = encode(Window.identity(opts.patch), image, stats, prompts, prev)
     target_t = torch.from_numpy(target)
     # light augmentation: intensity scale/shift of the image channel, optional flips
     img = x[CHANNELS["image"]]
@@ -431,7 +473,7 @@ def render_sample(case: CaseData, label: int, paint: bool, opts: SampleOptions,
     return {
         "input": x.numpy(),
         "target": target_t.numpy(),
-        "has_box": np.bool_(kind != "nobox"),
+        "has_box": np.bool_(has_box),
         "click0": click0.astype(np.float32),
         "kind": np.int64(PROMPT_KINDS.index(kind)),
         "label": np.int64(label),
