@@ -26,12 +26,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tta", type=int, choices=(1, 2, 4, 8), default=os.environ.get("SEGFM_TTA", "1"),
                     help="test-time augmentation: average this many mirrored copies per network run "
                          "(1 = off; 2 = x; 4 = x, y; 8 = all axes; default: $SEGFM_TTA or 1)")
+    ap.add_argument("--refine", choices=("on", "off"), default=os.environ.get("SEGFM_REFINE", "on"),
+                    help="re-predict the boundary of zoomed-out objects at native resolution when the budget "
+                         "allows (default: $SEGFM_REFINE or on)")
+    ap.add_argument("--click-update", choices=("full", "local", "both"),
+                    default=os.environ.get("SEGFM_CLICK_UPDATE", "local"),
+                    help="at click steps: re-run the whole object (full), predict a native patch around the new "
+                         "click and merge it, re-running the object only when its extent changed (local), or "
+                         "always both (default: $SEGFM_CLICK_UPDATE or local)")
     ap.add_argument("--quiet", action="store_true", help="print only errors")
     args = ap.parse_args(argv)
 
     from . import budget as B
     from .case_io import CaseError, read_case, write_segs
     from .predictor import fallback_segs, load_predictor
+    from .settings import env_options
 
     process_start = B.process_start_time()
     in_dir, out_dir = Path(args.input_dir), Path(args.output_dir)
@@ -44,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t_load = time.time()
     predictor = load_predictor(args.weights, args.device, per_class_run_s=args.per_class_run_s,
-                               verbose=not args.quiet, tta=args.tta)
+                               verbose=not args.quiet, tta=args.tta,
+                               **env_options({"SEGFM_REFINE": args.refine, "SEGFM_CLICK_UPDATE": args.click_update}))
     if not args.quiet:
         print(f"model {predictor.model.source} on {predictor.device} loaded in {time.time() - t_load:.2f} s "
               f"({time.time() - process_start:.2f} s since start)", file=sys.stderr)
