@@ -49,6 +49,12 @@ class Budget:
     _refine_runs: list = field(default_factory=list)
     classes_left: int = 1  # as given to the last `begin_class` (the class being processed included)
 
+    @classmethod
+    def for_interaction(cls, seconds: float, run_estimate_s: float = 2.0) -> "Budget":
+        """The budget of one interactive prediction of one object: `seconds` from now, nothing reserved;
+        `run_estimate_s`: the expected cost of a network run (e.g. the previous interaction's `run_cost`)."""
+        return cls(1, per_class_run_s=seconds, safety=1.0, reserve_s=0.0, first_run_estimate_s=run_estimate_s)
+
     @property
     def deadline(self) -> float:
         return self.start + self.safety * self.per_class_run_s * self.num_classes

@@ -59,8 +59,12 @@ def bounding_slices(mask: np.ndarray, region: tuple[slice, ...] | None = None) -
     return tuple(slice(s.start + o, s.stop + o) for s, o in zip(found[0], offset))
 
 
-def run_session(predictor, img: np.ndarray, gt: np.ndarray, n_clicks: int, progress: bool = True) -> dict:
-    """Box step, then n clicks; seconds per click from the prompt to the updated mask, and Dice per step."""
+def run_session(predictor, img: np.ndarray, gt: np.ndarray, n_clicks: int, progress: bool = True,
+                click_budget_s: float | None = None, run_estimate_s: float = 1.0) -> dict:
+    """Box step, then n clicks; seconds per click from the prompt to the updated mask, and Dice per step.
+
+    With `click_budget_s` every click gets `Budget.for_interaction(click_budget_s)` (the level and the tiles
+    follow from it, as in the container); the box step is never limited."""
     from evaluation.boxes import boxes_from_gt
     from evaluation.clicks import simulate_click
     from evaluation.metrics import dice
@@ -81,11 +85,19 @@ def run_session(predictor, img: np.ndarray, gt: np.ndarray, n_clicks: int, progr
     def prompts() -> ClassPrompts:
         return ClassPrompts(box, np.asarray(fg, np.int64).reshape(-1, 3), np.asarray(bg, np.int64).reshape(-1, 3))
 
+    estimate = [run_estimate_s]
+
     def update(click) -> float:
         nonlocal bbox
         t0 = time.perf_counter()
+        budget, level = None, B.REFINE
+        if click is not None and click_budget_s is not None:
+            budget = B.Budget.for_interaction(click_budget_s, estimate[0])
+            level = budget.begin_class(1)
         query = ObjectQuery(img, stats, prompts(), mask if bbox is not None else None, 1, bbox, click)
-        result = predictor.predict_update(query, B.REFINE)
+        result = predictor.predict_update(query, level, budget)
+        if budget is not None:
+            estimate[0] = budget.run_cost
         region = result.window.inside()
         if not result.keeps_outside and bbox is not None:
             mask[bbox] = 0  # the new prediction is the whole object
@@ -122,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="fp32 and/or bf16 (bf16 only where native)")
     ap.add_argument("--modes", nargs="+", default=["local", "full"], help="click update modes (local, full, both)")
     ap.add_argument("--refine", choices=("on", "off"), default="on", help="refinement (default on)")
+    ap.add_argument("--click-budget-s", type=float, default=1.5,
+                    help="time budget of one click (inference.budget.Budget.for_interaction; 0 = none; default 1.5)")
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "latency.json"))
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -148,10 +162,16 @@ def main(argv: list[str] | None = None) -> int:
             opts = env_options({"SEGFM_REFINE": args.refine, "SEGFM_CLICK_UPDATE": mode})
             predictor = Predictor(model, "cpu", precision=precision, **opts)
             torch.set_num_threads(args.threads)  # the Predictor sets every core of the affinity mask
-            predictor.run_network(torch.zeros(8, *model.patch_size))  # warm-up
-            result = run_session(predictor, img, gt, args.clicks, not args.no_progress)
+            forward = []
+            for _ in range(3):  # warm-up, and the cost of one network run on this machine now
+                t0 = time.perf_counter()
+                predictor.run_network(torch.zeros(8, *model.patch_size))
+                forward.append(time.perf_counter() - t0)
+            result = run_session(predictor, img, gt, args.clicks, not args.no_progress,
+                                 args.click_budget_s or None, float(np.median(forward)))
             s = np.asarray(result["seconds"])
             row = {"precision": precision, "mode": mode, "refine": args.refine, "clicks": len(s),
+                   "click_budget_s": args.click_budget_s, "forward_s": float(np.median(forward)),
                    "p50_s": float(np.percentile(s, 50)), "p95_s": float(np.percentile(s, 95)),
                    "max_s": float(s.max()), "runs_per_click": result["runs"], "dice_box": result["dice"][0], "dice_final": result["dice"][-1],
                    "load_average": os.getloadavg()[0], "checkpoint": args.checkpoint}
@@ -161,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"volume": source, "shape": list(img.shape), "threads": args.threads,
                                           "rows": rows}, indent=1))
-    print("\n| precision | click update | p50 (s) | p95 (s) | max (s) | clicks | Dice box -> last click | load avg |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| precision | click update | click budget (s) | p50 (s) | p95 (s) | max (s) | clicks | one forward (s) | "
+          "Dice box -> last click | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['precision']} | {r['mode']} | {r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['max_s']:.2f} | "
-              f"{r['clicks']} | {r['dice_box']:.3f} -> {r['dice_final']:.3f} | {r['load_average']:.1f} |")
+        print(f"| {r['precision']} | {r['mode']} | {r['click_budget_s'] or '-'} | {r['p50_s']:.2f} | {r['p95_s']:.2f} | "
+              f"{r['max_s']:.2f} | {r['clicks']} | {r['forward_s']:.2f} | {r['dice_box']:.3f} -> {r['dice_final']:.3f} | "
+              f"{r['load_average']:.1f} |")
     print(f"wrote {args.out}")
     return 0
 

@@ -9,9 +9,10 @@ from inference.local_update import LocalConfig, click_window, extent_changed
 from inference.network import CHANNELS, new_model
 from inference.predictor import ObjectQuery, Predictor
 from inference.prompts import ClassPrompts, encode, image_stats
-from inference.refine import RefineConfig, band_points, boundary_band, plan_tiles, refine
+from inference.refine import RefineConfig, band_points, boundary_band, paste_into, plan_tiles, refine
 from inference.settings import env_options, predictor_options
 from inference.window import Window
+from test_predictor import FakeClock
 
 PATCH = (16, 16, 16)
 
@@ -19,6 +20,13 @@ PATCH = (16, 16, 16)
 def sphere(shape, centre, radius) -> np.ndarray:
     zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in shape)]
     return (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius ** 2
+
+
+def volume(window, probs, shape) -> np.ndarray:
+    """A window's probabilities pasted into a zero volume."""
+    out = np.zeros(shape, np.float32)
+    paste_into(out, (0, 0, 0), window, probs)
+    return out
 
 
 def test_tiles_cover_the_boundary():
@@ -40,25 +48,36 @@ def test_tiles_cover_the_boundary():
     assert plan_tiles(pts, PATCH, shape, 1.4, RefineConfig()) == []  # not 1.5x finer than the coarse window
 
 
-class PointwisePredictor(Predictor):
-    """A 'network' whose output at a voxel depends only on that voxel's image value: any window at zoom 1
-    gives the same probability there, so tiles must blend back to the single window's result."""
+class FakeNetwork(Predictor):
+    """A Predictor whose 'network' is `respond(encoded input)`; records every window; with a fake clock every
+    run costs 1 s of it."""
 
-    def __init__(self, **kw):
+    def __init__(self, respond, clock=None, **kw):
         super().__init__(new_model("tiny"), "cpu", **kw)
-        self.windows = []
+        self.respond, self.clock, self.windows = respond, clock, []
 
     def predict_window(self, query, window, tta=1):
         self.windows.append(window)
-        x = encode(window, query.image, query.stats, query.prompts, query.prev_mask, query.prev_label,
-                   query.prev_probs, query.prev_origin)
-        return torch.sigmoid(3 * x[CHANNELS["image"]])
+        if self.clock is not None:
+            self.clock.t += 1.0
+        return self.respond(encode(window, query.image, query.stats, query.prompts, query.prev_mask,
+                                   query.prev_label, query.prev_probs, query.prev_origin))
+
+
+def pointwise(x):
+    """Depends only on each voxel's image value: any window at zoom 1 gives the same probability there."""
+    return torch.sigmoid(3 * x[CHANNELS["image"]])
+
+
+def echo(x):
+    """The previous mask OR the positive click balls (what a click should add)."""
+    return torch.maximum(x[CHANNELS["prev_seg"]], (x[CHANNELS["click_pos"]] > 0).float())
 
 
 def test_tiles_blend_to_the_single_window_result_at_zoom_1():
     img = (sphere((16, 16, 16), (8, 7, 9), 5) * 150 + np.random.default_rng(0).integers(0, 60, (16, 16, 16)))
     img = np.pad(img, 4).astype(np.uint8)  # volume (24, 24, 24)
-    p = PointwisePredictor()
+    p = FakeNetwork(pointwise)
     query = ObjectQuery(img, image_stats(img), ClassPrompts(((4, 4, 4), (19, 19, 19)), np.zeros((0, 3)), np.zeros((0, 3))))
     window = Window((4, 4, 4), PATCH, PATCH, img.shape)  # zoom 1
     probs = p.predict_window(query, window)
@@ -66,12 +85,7 @@ def test_tiles_blend_to_the_single_window_result_at_zoom_1():
     cfg = RefineConfig(min_zoom=0.0, min_gain=1.0, max_tiles=64, overlap=0.5)
     out = refine(tile, window, probs, cfg)
     assert out is not None and out.tiles_run >= 2 and out.window.patch == out.window.size
-    single = np.zeros(img.shape, np.float32)
-    for region, v in window.paste(probs):
-        single[region] = v
-    blended = np.zeros(img.shape, np.float32)
-    for region, v in out.window.paste(out.probs):
-        blended[region] = v
+    single, blended = volume(window, probs, img.shape), volume(out.window, out.probs, img.shape)
     inner = window.inside()
     assert np.abs(blended[inner] - single[inner]).max() < 1e-5
 
@@ -91,12 +105,7 @@ def test_tiles_see_the_coarse_probabilities_as_previous_mask():
     out = refine(tile, window, probs, RefineConfig(max_tiles=1000))
     assert out is not None and out.tiles_run == len(seen) > 1
     assert all(float(s.max()) > 0.9 and float(s.min()) < 0.1 for s in seen)  # tiles sit on the boundary
-    coarse = np.zeros(img.shape, np.float32)
-    for region, v in window.paste(probs):
-        coarse[region] = v
-    refined = np.zeros(img.shape, np.float32)
-    for region, v in out.window.paste(out.probs):
-        refined[region] = v
+    coarse, refined = volume(window, probs, img.shape), volume(out.window, out.probs, img.shape)
     assert np.abs(refined - coarse).max() < 1e-4
 
 
@@ -115,20 +124,6 @@ def test_refinement_stops_when_told_and_is_skipped_when_not_zoomed():
 
 
 # ---------------------------------------------------------------------------------------- click-local update
-class EchoPredictor(Predictor):
-    """A 'network' answering previous mask OR the positive click balls (what a click should add)."""
-
-    def __init__(self, **kw):
-        super().__init__(new_model("tiny"), "cpu", **kw)
-        self.windows = []
-
-    def predict_window(self, query, window, tta=1):
-        self.windows.append(window)
-        x = encode(window, query.image, query.stats, query.prompts, query.prev_mask, query.prev_label,
-                   query.prev_probs, query.prev_origin)
-        return torch.maximum(x[CHANNELS["prev_seg"]], (x[CHANNELS["click_pos"]] > 0).float())
-
-
 def _click_case(shape=(40, 60, 60)):
     prev = np.zeros(shape, np.uint8)
     prev[10:30, 10:30, 5:25] = 1  # class 1, clicked at its edge
@@ -142,7 +137,7 @@ def _click_case(shape=(40, 60, 60)):
 
 def test_click_local_update_never_changes_voxels_outside_its_patch():
     case = _click_case()
-    p = EchoPredictor(click_update="local", max_zoom_outs=0)
+    p = FakeNetwork(echo, click_update="local", max_zoom_outs=0)
     segs = p.predict_case(case)
     assert len(p.windows) == 1  # one native patch, no coarse pass (the extent did not change), class 2 kept
     patch = p.windows[0]
@@ -156,18 +151,13 @@ def test_click_local_update_never_changes_voxels_outside_its_patch():
 def test_local_update_runs_the_coarse_pass_when_the_extent_changes():
     case = _click_case()
 
-    class Grow(EchoPredictor):
-        def predict_window(self, query, window, tta=1):
-            self.windows.append(window)
-            return torch.ones(window.patch)  # the object fills every window: its extent changed
-
-    p = Grow(click_update="local", max_zoom_outs=0, refine=None)
+    p = FakeNetwork(lambda x: torch.ones(x.shape[1:]), click_update="local", max_zoom_outs=0, refine=None)  # grows
     p.predict_case(case)
     assert len(p.windows) == 2 and p.windows[0].zoom == 1.0 and p.windows[1].size != PATCH
-    both = EchoPredictor(click_update="both", max_zoom_outs=0, refine=None)
+    both = FakeNetwork(echo, click_update="both", max_zoom_outs=0, refine=None)
     both.predict_case(case)
     assert len(both.windows) == 2  # 'both' always runs the coarse pass as well
-    full = EchoPredictor(click_update="full", max_zoom_outs=0, refine=None)
+    full = FakeNetwork(echo, click_update="full", max_zoom_outs=0, refine=None)
     full.predict_case(case)
     assert len(full.windows) == 2 and all(w.size != PATCH or w.zoom != 1.0 for w in full.windows[:1])
 
@@ -184,29 +174,6 @@ def test_extent_change_test_looks_only_at_faces_inside_the_volume():
 
 
 # ---------------------------------------------------------------------------------------- budget
-class FakeClock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
-
-
-class SlowBoxPredictor(Predictor):
-    """Every network run costs 1 s of a fake clock; the 'network' answers the box channel."""
-
-    def __init__(self, clock, **kw):
-        super().__init__(new_model("tiny"), "cpu", **kw)
-        self.clock = clock
-        self.windows = []
-
-    def predict_window(self, query, window, tta=1):
-        self.clock.t += 1.0
-        self.windows.append(window)
-        x = encode(window, query.image, query.stats, query.prompts)
-        return x[CHANNELS["box_pos"]].clone()
-
-
 def test_budget_drops_refinement_first_under_a_slow_network():
     k = 4
     shape = (50, 50, 50 * k)
@@ -215,7 +182,8 @@ def test_budget_drops_refinement_first_under_a_slow_network():
                        "z_mid_x_max": 50 * c + 44, "z_mid_y_max": 44} for c in range(k)]}
     case = parse_case(data, "CT_slow.npz")
     clock = FakeClock()
-    p = SlowBoxPredictor(clock, max_zoom_outs=0, refine=RefineConfig(max_tiles=1000))
+    p = FakeNetwork(lambda x: x[CHANNELS["box_pos"]].clone(), clock, max_zoom_outs=0,
+                    refine=RefineConfig(max_tiles=1000))  # answers the box; each run costs 1 s
     budget = B.Budget(k, start=0.0, per_class_run_s=6.0, safety=1.0, reserve_s=0.0, clock=clock,
                       first_run_estimate_s=1.0)
     levels = []
@@ -244,3 +212,19 @@ def test_settings_names_and_environment():
     assert env_options({"SEGFM_REFINE": "off", "SEGFM_CLICK_UPDATE": "full"}) == {"refine": None, "click_update": "full"}
     with pytest.raises(ValueError, match="SEGFM_CLICK_UPDATE"):
         env_options({"SEGFM_CLICK_UPDATE": "sometimes"})
+
+
+def test_predict_update_returns_only_the_patch_and_an_interaction_budget():
+    case = _click_case()
+    p = FakeNetwork(echo, click_update="local", max_zoom_outs=0)
+    query = ObjectQuery(case.image, image_stats(case.image), ClassPrompts(None, case.fg_clicks[0], case.bg_clicks[0]),
+                        case.prev_pred, 1, (slice(10, 30), slice(10, 30), slice(5, 25)), case.fg_clicks[0][-1])
+    budget = B.Budget.for_interaction(10.0, run_estimate_s=0.5)
+    update = p.predict_update(query, budget.begin_class(1), budget)
+    assert update.keeps_outside and update.window.size == PATCH and update.runs == 1
+    window, probs = p.predict_object(query)  # the same update merged into the whole object
+    patch = update.window.inside()
+    assert window.patch == window.size  # native: the previous bbox and the patch together
+    assert window.inside() == tuple(slice(min(a.start, b.start), max(a.stop, b.stop))
+                                    for a, b in zip(patch, query.prev_slices))
+    assert B.Budget.for_interaction(0.05, 0.5).level(1) == B.FALLBACK  # too little time for any run
