@@ -52,7 +52,9 @@ class Budget:
     @classmethod
     def for_interaction(cls, seconds: float, run_estimate_s: float = 2.0) -> "Budget":
         """The budget of one interactive prediction of one object: `seconds` from now, nothing reserved;
-        `run_estimate_s`: the expected cost of a network run (e.g. the previous interaction's `run_cost`)."""
+        `run_estimate_s`: the expected cost of a network run (e.g. the previous interaction's `run_cost`).
+        A session predicts at `min(budget.begin_class(1), NO_ZOOM)`: the click's own run always happens,
+        zoom-outs and refinement tiles only while the budget allows."""
         return cls(1, per_class_run_s=seconds, safety=1.0, reserve_s=0.0, first_run_estimate_s=run_estimate_s)
 
     @property

@@ -63,8 +63,9 @@ def run_session(predictor, img: np.ndarray, gt: np.ndarray, n_clicks: int, progr
                 click_budget_s: float | None = None, run_estimate_s: float = 1.0) -> dict:
     """Box step, then n clicks; seconds per click from the prompt to the updated mask, and Dice per step.
 
-    With `click_budget_s` every click gets `Budget.for_interaction(click_budget_s)` (the level and the tiles
-    follow from it, as in the container); the box step is never limited."""
+    With `click_budget_s` every click gets `Budget.for_interaction(click_budget_s)`: one full-patch run at least
+    (the click patch; with the coarse pass when the extent changed), zoom-outs and tiles only while the budget
+    allows, as in the container; the box step is never limited."""
     from evaluation.boxes import boxes_from_gt
     from evaluation.clicks import simulate_click
     from evaluation.metrics import dice
@@ -93,7 +94,7 @@ def run_session(predictor, img: np.ndarray, gt: np.ndarray, n_clicks: int, progr
         budget, level = None, B.REFINE
         if click is not None and click_budget_s is not None:
             budget = B.Budget.for_interaction(click_budget_s, estimate[0])
-            level = budget.begin_class(1)
+            level = min(budget.begin_class(1), B.NO_ZOOM)  # at least one full-patch run; more if time allows
         query = ObjectQuery(img, stats, prompts(), mask if bbox is not None else None, 1, bbox, click)
         result = predictor.predict_update(query, level, budget)
         if budget is not None:

@@ -121,6 +121,7 @@ def test_refinement_stops_when_told_and_is_skipped_when_not_zoomed():
     out = refine(tile, window, probs, RefineConfig(max_tiles=1000), keep_going=lambda: len(calls) < 3)
     assert out.tiles_run == 3 < out.tiles_planned
     assert refine(tile, Window((0, 0, 0), (20, 20, 20), PATCH, (48, 48, 48)), probs, RefineConfig()) is None
+    assert refine(tile, window, probs, RefineConfig(max_tiles=1000, max_region_voxels=40**3)) is None  # memory
 
 
 # ---------------------------------------------------------------------------------------- click-local update
