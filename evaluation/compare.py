@@ -6,7 +6,7 @@ Reads what `python -m evaluation ... --settings A,B,...` wrote into DIR (metrics
 Prints (1) one row per setting and box mode: DSC_Final, NSD_Final, DSC_AUC, NSD_AUC, seconds per class per run,
 the seconds per class of the five click steps and DSC_AUC per second of them; (2) for one case (default: the
 first CT of --cases), DSC_Final / NSD_Final per setting of its N largest and N smallest structures (voxels of the
-ground truth; names from the case's .json beside the npz when present).
+ground truth; names from the case's .json beside the npz when present), one table per box mode.
 """
 from __future__ import annotations
 
@@ -59,20 +59,23 @@ def structure_sizes(case_path: Path) -> tuple[dict[str, int], dict[str, str]]:
     return sizes, names
 
 
-def structures_table(out: Path, case_path: Path, top: int = 5) -> str:
-    """Markdown: DSC_Final / NSD_Final of the `top` largest and smallest structures, per setting and box mode."""
+def structures_table(out: Path, case_path: Path, top: int = 5, mode: str = "box") -> str:
+    """Markdown: DSC_Final / NSD_Final of the `top` largest and smallest structures, one column per setting
+    run in box mode `mode` ('box' or 'nobox')."""
     sizes, names = structure_sizes(case_path)
-    runs = sorted(p for p in (out / "cases").iterdir() if (p / f"{case_path.stem}.json").is_file())
+    suffix = f"_{mode}"
+    runs = sorted(p for p in (out / "cases").iterdir()
+                  if p.name.endswith(suffix) and (p / f"{case_path.stem}.json").is_file())
     finals = {}
     for run in runs:
         last = json.loads((run / f"{case_path.stem}.json").read_text())["steps"][-1]
-        finals[run.name] = (last.get("dsc_per_class") or {}, last.get("nsd_per_class") or {})
+        finals[run.name[: -len(suffix)]] = (last.get("dsc_per_class") or {}, last.get("nsd_per_class") or {})
     order = sorted(sizes, key=lambda k: -sizes[k])
     chosen = order[:top] + [k for k in order[-top:] if k not in order[:top]]
-    header = ["structure", "voxels"] + [f"{r} DSC / NSD" for r in finals]
+    header = ["structure", "voxels"] + list(finals)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, k in enumerate(chosen):
-        if i == min(top, len(order)):
+        if i == min(top, len(order)) and len(order) > top:
             lines.append("| ... | | " + " | ".join("" for _ in finals) + " |")
         cells = [names.get(k, f"label {k}"), str(sizes[k])]
         for dsc, nsd in finals.values():
@@ -104,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         if not pick:
             print(f"error: no case {args.structures or 'CT_*'} under {args.cases}", file=sys.stderr)
             return 1
-        print(f"\n{pick[0].name}: final DSC / NSD of the {args.top} largest and {args.top} smallest structures\n")
-        print(structures_table(args.out, pick[0], args.top))
+        for mode in ("box", "nobox"):
+            table = structures_table(args.out, pick[0], args.top, mode)
+            if table.count("\n") > 1:
+                print(f"\n{pick[0].name} ({mode}): DSC_Final / NSD_Final of the {args.top} largest and "
+                      f"{args.top} smallest structures\n")
+                print(table)
     return 0
 
 
