@@ -42,8 +42,9 @@ eval: $(VENV)/.installed  ## score predict.sh (subprocess, as the organizer) and
 	@test -d $(CASES) || { echo "no $(CASES): run 'make data' first (or CASES=samples)"; exit 2; }
 	SEGFM_WEIGHTS=$(abspath $(WEIGHTS)) $(PY) -m evaluation --cases $(CASES) --out $(OUT) --command "sh predict.sh" --workdir . --both-box-modes --baselines
 
-bench: $(VENV)/.installed  ## inference, evaluation and training timings on this machine
+bench: $(VENV)/.installed  ## inference, interactive latency, evaluation and training timings on this machine
 	$(PY) -m inference.bench
+	$(PY) -m inference.latency --checkpoint $(WEIGHTS)
 	$(PY) -m evaluation.bench
 	$(PY) -m training.bench
 

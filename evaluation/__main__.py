@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", type=Path, default=PROJECT_ROOT, help="working directory of --command (default: the project root)")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint for --inprocess (default: weights/default.pt)")
     parser.add_argument("--name", default="model", help="name of the model in the reports (default: model)")
+    parser.add_argument("--settings", default=None,
+                        help="with --inprocess: comma-separated predictor settings, one report row each, named by "
+                             "the setting (inference/settings.py: coarse|refine[+full|+local|+both][+field=value]), "
+                             "e.g. coarse+full,refine+full,refine+local,refine+both; one model load for all")
+    parser.add_argument("--max-classes", type=int, default=0,
+                        help="score only this many evenly spread classes per case (0 = all; for development)")
     parser.add_argument("--predictors", default="model", help=f"comma-separated predictors to score: model and/or {', '.join(BASELINES)} (default: model)")
     parser.add_argument("--baselines", action="store_true", help="also score the box-fill and empty baselines beside the model")
     box = parser.add_mutually_exclusive_group()
@@ -56,6 +62,8 @@ def build_predictors(args: argparse.Namespace) -> list[Predictor]:
     if args.baselines:
         names += [b for b in BASELINES if b not in names]
     predictors: list[Predictor] = []
+    if args.settings and not args.inprocess:
+        raise SystemExit("error: --settings needs --inprocess (predict.sh reads SEGFM_REFINE / SEGFM_CLICK_UPDATE)")
     for name in dict.fromkeys(names):
         if name in BASELINES:
             predictors.append(make_baseline(name))
@@ -65,6 +73,16 @@ def build_predictors(args: argparse.Namespace) -> list[Predictor]:
 
                 if not Path(args.checkpoint).exists():
                     raise SystemExit(f"error: no checkpoint at {args.checkpoint} (give one with --checkpoint)")
+                if args.settings:
+                    from inference.network import load_model
+                    from inference.predictor import Predictor as ModelPredictor
+                    from inference.settings import predictor_options
+
+                    loaded = load_model(args.checkpoint)
+                    for setting in [t.strip() for t in args.settings.split(",") if t.strip()]:
+                        model = ModelPredictor(loaded, **predictor_options(setting))
+                        predictors.append(InProcessPredictor.from_model(model, name=setting))
+                    continue
                 model = load_predictor(str(args.checkpoint))
                 predictors.append(InProcessPredictor.from_model(model, name=args.name))
             else:
@@ -79,6 +97,15 @@ def build_predictors(args: argparse.Namespace) -> list[Predictor]:
     return predictors
 
 
+def _class_subset(max_classes: int):
+    """A case loader keeping `max_classes` evenly spread classes (training's validation subset), or None."""
+    if max_classes <= 0:
+        return None
+    from training.train import validation_case  # lazy: only development runs need it
+
+    return lambda path: validation_case(path, max_classes)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -90,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             args.cases, args.out, predictors, modes, physical_spacing=args.physical_spacing,
             tolerance_mm=args.tolerance, include_gts=args.include_gts, limit=args.limit,
             progress=not args.no_progress, save_predictions=args.save_predictions,
+            case_loader=_class_subset(args.max_classes),
         )
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)

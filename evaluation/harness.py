@@ -323,6 +323,7 @@ def evaluate_folder(
     progress: bool = True,
     save_predictions: bool = False,
     report: bool = True,
+    case_loader: Callable[[Path], Case] | None = None,
 ) -> list[dict[str, Any]]:
     """Score every case under `cases_dir` with each predictor and box mode ('box', 'nobox').
 
@@ -330,7 +331,7 @@ def evaluate_folder(
     TimeOverBudget, OutputProblems), `<predictor>_<mode>_metrics.csv` (organizer columns only),
     summary.md, curves.png, cases/<predictor>_<mode>/<case>.json, and with save_predictions
     predictions/<predictor>_<mode>/<case>.npz (segs, all_segs). A case that fails to load is
-    reported and skipped; the others go on.
+    reported and skipped; the others go on. `case_loader(path)` replaces `load_case` (e.g. fewer classes).
     """
     if isinstance(predictors, Mapping):
         runners = list(predictors.values())
@@ -364,7 +365,7 @@ def evaluate_folder(
                     done_before = bar.n if bar is not None else 0
                     try:
                         result = run_case(
-                            path, runner, mode == "box", physical_spacing=physical_spacing,
+                            case_loader(path) if case_loader is not None else path, runner, mode == "box", physical_spacing=physical_spacing,
                             tolerance_mm=tolerance_mm, include_gts=include_gts,
                             on_step=(lambda: bar.update(1)) if bar is not None else None,
                             keep_segs=save_predictions,

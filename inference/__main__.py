@@ -36,6 +36,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tta", type=int, choices=(1, 2, 4, 8), default=os.environ.get("SEGFM_TTA", "1"),
                     help="test-time augmentation: average this many mirrored copies per network run "
                          "(1 = off; 2 = x; 4 = x, y; 8 = all axes; default: $SEGFM_TTA or 1)")
+    ap.add_argument("--refine", choices=("on", "off"), default=os.environ.get("SEGFM_REFINE", "on"),
+                    help="re-predict the boundary of zoomed-out objects at native resolution when the budget "
+                         "allows (default: $SEGFM_REFINE or on)")
+    ap.add_argument("--click-update", choices=("full", "local", "both"),
+                    default=os.environ.get("SEGFM_CLICK_UPDATE", "local"),
+                    help="at click steps: re-run the whole object (full), predict a native patch around the new "
+                         "click and merge it, re-running the object only when its extent changed (local), or "
+                         "always both (default: $SEGFM_CLICK_UPDATE or local)")
     ap.add_argument("--no-watchdog", action="store_true",
                     help="run the network in this process, without the supervisor that writes fallback "
                          "predictions when a case misses its hard deadline")
@@ -49,6 +57,7 @@ def worker_command(args: argparse.Namespace, fd: int, skip: int) -> list[str]:
     """The argv of a worker process for the cases from index `skip` on, reporting to pipe `fd`."""
     cmd = [sys.executable, "-m", "inference", "--input-dir", str(args.input_dir), "--output-dir",
            str(args.output_dir), "--per-class-run-s", repr(args.per_class_run_s), "--tta", str(args.tta),
+           "--refine", args.refine, "--click-update", args.click_update,
            "--worker-fd", str(fd), "--skip", str(skip)]
     if args.weights:
         cmd += ["--weights", str(args.weights)]
@@ -65,6 +74,7 @@ def run_cases(args: argparse.Namespace, cases: list[Path], first: int = 0, repor
     from .case_io import CaseError, read_case, write_segs
     from .fallback import fallback_segs
     from .predictor import load_predictor
+    from .settings import env_options
     from .watchdog import Reporter
 
     report = report or Reporter()
@@ -72,7 +82,8 @@ def run_cases(args: argparse.Namespace, cases: list[Path], first: int = 0, repor
     process_start = B.process_start_time()
     t_load = time.time()
     predictor = load_predictor(args.weights, args.device, per_class_run_s=args.per_class_run_s,
-                               verbose=not args.quiet, tta=args.tta)
+                               verbose=not args.quiet, tta=args.tta,
+                               **env_options({"SEGFM_REFINE": args.refine, "SEGFM_CLICK_UPDATE": args.click_update}))
     if not args.quiet:
         print(f"model {predictor.model.source} on {predictor.device} loaded in {time.time() - t_load:.2f} s "
               f"({time.time() - process_start:.2f} s since start)", file=sys.stderr)

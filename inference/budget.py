@@ -4,10 +4,13 @@ Per run that is `per_class_run_s` (15 s) per class. The deadline of a case count
 of the process (or `SEGFM_START`, the epoch time `predict.sh` exports before Python starts) for
 the first case, and from the case's own start for later cases. Before each class the budget
 chooses how much work that class may get:
+    REFINE    FULL, then the boundary re-predicted at native resolution (inference/refine.py)
     FULL      the network, with zoom-out re-runs when the mask touches the window border
     NO_ZOOM   the network once
     REDUCED   the network once on a half-resolution patch (about 1/8 of the cost)
     FALLBACK  no network: keep the previous prediction (or, at the box step, the filled box)
+Refinement is the first to go: REFINE needs the measured network runs per refined class (coarse, zoom-outs and
+tiles; a prior before any) for every class left, and each tile asks `affords(REFINE)` again before it runs.
 """
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ import os
 import time
 from dataclasses import dataclass, field
 
-FULL, NO_ZOOM, REDUCED, FALLBACK = 0, 1, 2, 3
-LEVEL_NAMES = {FULL: "full", NO_ZOOM: "no-zoom", REDUCED: "reduced", FALLBACK: "fallback"}
+import numpy as np
+
+REFINE, FULL, NO_ZOOM, REDUCED, FALLBACK = 0, 1, 2, 3, 4  # best first: a larger number is less work
+LEVEL_NAMES = {REFINE: "refine", FULL: "full", NO_ZOOM: "no-zoom", REDUCED: "reduced", FALLBACK: "fallback"}
 
 
 def process_start_time() -> float:
@@ -37,8 +42,20 @@ class Budget:
     safety: float = 0.8  # share of the budget we plan to use; the rest absorbs container start and jitter
     reserve_s: float = 1.0  # fused labels and the output file
     first_run_estimate_s: float = 2.0
+    first_refine_runs_estimate: float = 3.0  # network runs per class at the REFINE level before any is measured
+    refine_margin: float = 1.25  # REFINE plans with this much more than the measured runs per refined class
     clock: callable = time.time
     _run_costs: list = field(default_factory=list)
+    _refine_runs: list = field(default_factory=list)
+    classes_left: int = 1  # as given to the last `begin_class` (the class being processed included)
+
+    @classmethod
+    def for_interaction(cls, seconds: float, run_estimate_s: float = 2.0) -> "Budget":
+        """The budget of one interactive prediction of one object: `seconds` from now, nothing reserved;
+        `run_estimate_s`: the expected cost of a network run (e.g. the previous interaction's `run_cost`).
+        A session predicts at `min(budget.begin_class(1), NO_ZOOM)`: the click's own run always happens,
+        zoom-outs and refinement tiles only while the budget allows."""
+        return cls(1, per_class_run_s=seconds, safety=1.0, reserve_s=0.0, first_run_estimate_s=run_estimate_s)
 
     @property
     def deadline(self) -> float:
@@ -56,10 +73,27 @@ class Budget:
         """Expected seconds per network run: the worst of the last few, or the prior before any."""
         return max(self._run_costs[-5:]) if self._run_costs else self.first_run_estimate_s
 
+    def record_refined(self, runs: int) -> None:
+        """Record how many network runs one class took at the REFINE level (coarse, zoom-outs, tiles)."""
+        self._refine_runs.append(int(runs))
+
+    @property
+    def refine_runs(self) -> float:
+        """Expected network runs per class at the REFINE level: the mean of the last 20, or the prior."""
+        recent = self._refine_runs[-20:]
+        return float(np.mean(recent)) if recent else self.first_refine_runs_estimate
+
+    def begin_class(self, classes_left: int) -> int:
+        """The work level for the next class, given how many (including it) are left; remembered for `affords`."""
+        self.classes_left = max(int(classes_left), 1)
+        return self.level(self.classes_left)
+
     def level(self, classes_left: int) -> int:
         """The work level for the next class, given how many (including it) are left."""
         left = self.remaining()
-        need = self.run_cost * max(classes_left, 1)
+        need = self.run_cost * max(int(classes_left), 1)
+        if left >= max(2.5, self.refine_margin * self.refine_runs) * need:
+            return REFINE
         if left >= 2.5 * need:
             return FULL
         if left >= need:
@@ -67,6 +101,10 @@ class Budget:
         if left >= need / 6.0 and left >= self.run_cost / 6.0:
             return REDUCED
         return FALLBACK
+
+    def affords(self, level: int) -> bool:
+        """Whether the class being processed may still work at `level` (or better), by the clock now."""
+        return self.level(self.classes_left) <= level
 
 
 # The watchdog (inference/watchdog.py) keeps this much before a case's hard deadline to write its fallback.

@@ -5,6 +5,7 @@ does the same from the arrays and objects of a challenge npz (used by the in-pro
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -21,9 +22,11 @@ from . import precision as P
 from .case_io import Case, parse_case
 from .fallback import add_fallback, fallback_segs  # noqa: F401 - fallback_segs: re-exported
 from .fusion import ProductBackgroundFusion
+from .local_update import LocalConfig, click_window, extent_changed, merge, previous_pieces
 from .network import LoadedModel, load_model
 from .prompts import ClassPrompts, ImageStats, encode, image_stats
-from .window import Window
+from .refine import RefineConfig, refine
+from .window import Window, zoom_factor
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = PROJECT_ROOT / "weights" / "default.pt"
@@ -72,7 +75,11 @@ def prompt_extent(prompts: ClassPrompts, prev_slices: tuple[slice, ...] | None) 
 class ObjectQuery:
     """What one object's prediction needs: the image (z, y, x) and its z-score statistics, the object's
     prompts (volume coordinates, z, y, x), and the previous segmentation: a label volume (z, y, x) whose
-    voxels equal to `prev_label` (nonzero when None) are the object, with their bounding box `prev_slices`."""
+    voxels equal to `prev_label` (nonzero when None) are the object, with their bounding box `prev_slices`.
+
+    `new_click` (z, y, x), when set, is the click just added (also in `prompts`): with a previous mask it
+    allows the click-local update. `prev_probs` / `prev_origin` replace the previous mask by a float map over
+    the part of the volume starting at `prev_origin` (set by the refinement for its tiles)."""
 
     image: np.ndarray
     stats: ImageStats
@@ -80,6 +87,21 @@ class ObjectQuery:
     prev_mask: np.ndarray | None = None
     prev_label: int | None = None
     prev_slices: tuple[slice, ...] | None = None
+    new_click: np.ndarray | None = None
+    prev_probs: np.ndarray | None = None
+    prev_origin: tuple[int, int, int] = (0, 0, 0)
+
+
+@dataclass
+class ObjectUpdate:
+    """One object's new prediction: probabilities (window patch, z, y, x) on `window`. With `keeps_outside` the
+    previous mask stands outside the window (a click-local update); without, the object is zero outside it.
+    `runs`: network runs it took."""
+
+    window: Window
+    probs: torch.Tensor
+    keeps_outside: bool = False
+    runs: int = 0
 
 
 def touches_border(mask: torch.Tensor, window: Window) -> bool:
@@ -100,6 +122,24 @@ TTA_FLIPS: dict[int, tuple[tuple[int, ...], ...]] = {
 }
 
 
+CLICK_UPDATES = ("full", "local", "both")
+DEFAULT_REFINE = RefineConfig()
+DEFAULT_CLICK_UPDATE = "local"
+
+
+def new_click(case: Case, c: int) -> tuple[np.ndarray | None, bool]:
+    """Class index c's click of the current step, (z, y, x), and whether the step gave the class no click
+    (the organizer's simulator clicks only where the previous prediction has an error)."""
+    order = case.clicks_order[c] if c < len(case.clicks_order) else []
+    if not order:
+        return None, False
+    kind = order[-1]
+    if kind is None:
+        return None, True
+    pts = case.fg_clicks[c] if kind == "fg" else case.bg_clicks[c]
+    return (np.asarray(pts[-1]) if len(pts) else None), False
+
+
 def reduced_patch(patch: tuple[int, int, int], divisor: tuple[int, int, int]) -> tuple[int, int, int]:
     """Half the patch per axis, rounded to a multiple of the network's divisor."""
     return tuple(max(d, int(round(p / 2 / d)) * d) for p, d in zip(patch, divisor))
@@ -110,7 +150,9 @@ class Predictor:
 
     def __init__(self, model: LoadedModel, device: torch.device | str | None = None,
                  max_zoom_outs: int = 3, zoom_out_factor: float = 1.5, per_class_run_s: float = 15.0,
-                 verbose: bool = False, tta: int = 1, precision: str | None = None):
+                 verbose: bool = False, tta: int = 1, precision: str | None = None,
+                 refine: RefineConfig | None = DEFAULT_REFINE, click_update: str = DEFAULT_CLICK_UPDATE,
+                 local: LocalConfig = LocalConfig()):
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = P.resolve(self.device, precision)  # $SEGFM_PRECISION when None
         self._autocast = P.autocast(self.device, self.precision)
@@ -125,6 +167,11 @@ class Predictor:
         if tta not in TTA_FLIPS:
             raise ValueError(f"tta must be one of {sorted(TTA_FLIPS)} (mirrored copies averaged), not {tta}")
         self.tta = tta
+        if click_update not in CLICK_UPDATES:
+            raise ValueError(f"click_update must be one of {', '.join(CLICK_UPDATES)}, not {click_update!r}")
+        self.refine = refine  # None: no refinement (REFINE works as FULL)
+        self.click_update = click_update
+        self.local = local
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device=None, **kw) -> "Predictor":
@@ -148,46 +195,117 @@ class Predictor:
 
     def predict_window(self, query: "ObjectQuery", window: Window, tta: int = 1) -> torch.Tensor:
         """Foreground probabilities (patch, z, y, x) of one object inside `window`."""
-        x = encode(window, query.image, query.stats, query.prompts, query.prev_mask, query.prev_label)
+        x = encode(window, query.image, query.stats, query.prompts, query.prev_mask, query.prev_label,
+                   query.prev_probs, query.prev_origin)
         return self.run_network(x, tta)
 
-    # ------------------------------------------------------------------ one object
-    def predict_object(self, query: "ObjectQuery", level: int = B.FULL,
-                       budget: B.Budget | None = None) -> tuple[Window, torch.Tensor] | None:
-        """Window and probabilities of one object, or None when it has no prompt at all.
+    def _timed_window(self, query: "ObjectQuery", window: Window, tta: int, budget: B.Budget | None,
+                      counter: list[int]) -> torch.Tensor:
+        """predict_window, its cost (by the budget's clock) recorded in the budget and counted in counter[0]."""
+        if budget is None:
+            counter[0] += 1
+            return self.predict_window(query, window, tta)
+        t0 = budget.clock()
+        probs = self.predict_window(query, window, tta)
+        budget.record_run(budget.clock() - t0)
+        counter[0] += 1
+        return probs
 
-        The window is centred on the extent of the prompts and the previous mask (zoom rule); at the FULL
-        level it grows while the mask touches a window face inside the volume. Used by the challenge's
-        per-class loop (`predict_class`) and by interactive sessions alike."""
+    # ------------------------------------------------------------------ one object
+    def predict_object(self, query: "ObjectQuery", level: int = B.REFINE,
+                       budget: B.Budget | None = None) -> tuple[Window, torch.Tensor] | None:
+        """Window and probabilities (window patch, z, y, x) of the whole object, or None when it has no prompt.
+
+        What `predict_update` predicts; a click-local update is merged into the previous mask here, so the
+        window always holds the whole object (zero outside it). Used by the challenge's per-class loop."""
+        update = self.predict_update(query, level, budget)
+        if update is None or not update.keeps_outside:
+            return None if update is None else (update.window, update.probs)
+        merged = merge(query.prev_slices, previous_pieces(query.prev_mask, query.prev_label, query.prev_slices),
+                       update.window, update.probs, self.local.max_region_voxels)
+        if merged is not None:
+            return merged
+        return self.predict_object(dataclasses.replace(query, new_click=None), level, budget)  # too large to merge
+
+    def predict_update(self, query: "ObjectQuery", level: int = B.REFINE,
+                       budget: B.Budget | None = None) -> "ObjectUpdate | None":
+        """One object's new prediction, or None when it has no prompt at all.
+
+        Coarse pass: the window is centred on the extent of the prompts and the previous mask (zoom rule); from
+        the FULL level up it grows while the mask touches a window face inside the volume. At the REFINE level
+        the boundary of a zoomed-out result is then re-predicted at native resolution (inference/refine.py) and
+        the window is a native one (`Window.native`: patch = size). With `query.new_click` and a previous mask,
+        `click_update` 'local' predicts only a native patch around the click (returned with keeps_outside: the
+        previous mask stands outside it), and the coarse pass as well when the object's extent changed; 'both'
+        always runs both; the patch is then pasted over the coarse result (inference/local_update.py).
+        Interactive sessions use this directly: only the returned window changes."""
         prompts = query.prompts
         extent = prompt_extent(prompts, query.prev_slices)
         if extent is None:
             return None
+        runs = [0]
+        local = None
+        if (self.click_update != "full" and level <= B.NO_ZOOM and query.new_click is not None
+                and query.prev_mask is not None and query.prev_slices is not None
+                and zoom_factor(extent[1] - extent[0] + 1, self.model.patch_size) <= self.local.max_object_zoom):
+            patch_window = click_window(query.new_click, self.model.patch_size, query.image.shape, self.local.zoom)
+            local_probs = self._timed_window(query, patch_window, self.tta, budget, runs)
+            local = (patch_window, local_probs)
+            crop = patch_window.crop_nearest(query.prev_mask)
+            old = crop == query.prev_label if query.prev_label is not None else crop != 0
+            changed = extent_changed((local_probs > 0.5).numpy(), old, patch_window, self.local)
+            if self.click_update == "local" and not changed:
+                self._record_refined(level, budget, runs)
+                return ObjectUpdate(patch_window, local_probs, True, runs[0])
+        window, probs = self._coarse(query, extent, level, budget, runs)
+        if level == B.REFINE and self.refine is not None:
+            tile_prompts = prompts if self.refine.box_in_tiles else dataclasses.replace(prompts, box=None)
+
+            def tile(tile_window: Window, prev: np.ndarray, origin) -> torch.Tensor:
+                tile_query = dataclasses.replace(query, prompts=tile_prompts, prev_probs=prev, prev_origin=tuple(origin))
+                return self._timed_window(tile_query, tile_window, self.tta, budget, runs)
+
+            refined = refine(tile, window, probs, self.refine,
+                             keep_going=(lambda: budget.affords(B.REFINE)) if budget is not None else (lambda: True))
+            if refined is not None:
+                window, probs = refined.window, refined.probs
+        if local is not None:
+            merged = merge(window.inside(), window.paste(probs), local[0], local[1], self.local.max_region_voxels)
+            if merged is not None:
+                window, probs = merged
+        self._record_refined(level, budget, runs)
+        return ObjectUpdate(window, probs, False, runs[0])
+
+    @staticmethod
+    def _record_refined(level: int, budget: B.Budget | None, runs: list[int]) -> None:
+        if budget is not None and level == B.REFINE:
+            budget.record_refined(runs[0])
+
+    def _coarse(self, query: "ObjectQuery", extent, level: int, budget: B.Budget | None,
+                runs: list[int]) -> tuple[Window, torch.Tensor]:
+        """The coarse pass: the zoom-rule window around the extent, grown while the mask touches its border."""
         patch = self.model.patch_size
         if level == B.REDUCED:
             patch = reduced_patch(patch, self.model.divisor)
         window = Window.around(extent[0], extent[1], patch, query.image.shape)
-        tta = self.tta if level != B.REDUCED else 1  # the reduced level is for saving time
-        t0 = time.perf_counter()
-        probs = self.predict_window(query, window, tta)
-        if budget is not None and level != B.REDUCED:
-            budget.record_run(time.perf_counter() - t0)
+        if level == B.REDUCED:  # the reduced level is for saving time: no TTA, not a typical run's cost
+            runs[0] += 1
+            return window, self.predict_window(query, window, 1)
+        probs = self._timed_window(query, window, self.tta, budget, runs)
         zoom_outs = 0
-        while (level == B.FULL and zoom_outs < self.max_zoom_outs and touches_border(probs > 0.5, window)):
+        while (level <= B.FULL and zoom_outs < self.max_zoom_outs and touches_border(probs > 0.5, window)):
             bigger = window.zoomed(self.zoom_out_factor)
-            if bigger.size == window.size or (budget is not None and budget.level(1) != B.FULL):
+            if bigger.size == window.size or (budget is not None and budget.level(1) > B.FULL):
                 break
-            t0 = time.perf_counter()
-            window, probs = bigger, self.predict_window(query, bigger, tta)
-            if budget is not None:
-                budget.record_run(time.perf_counter() - t0)
+            window, probs = bigger, self._timed_window(query, bigger, self.tta, budget, runs)
             zoom_outs += 1
         return window, probs
 
     def predict_class(self, case: Case, c: int, stats: ImageStats, prev_slices, level: int,
-                      budget: B.Budget | None = None) -> tuple[Window, torch.Tensor] | None:
-        """Window and probabilities of class index c of a challenge case, or None when it has no prompt."""
-        query = ObjectQuery(case.image, stats, class_prompts(case, c), case.prev_pred, c + 1, prev_slices)
+                      budget: B.Budget | None = None, click: np.ndarray | None = None) -> tuple[Window, torch.Tensor] | None:
+        """Window and probabilities of class index c of a challenge case, or None when it has no prompt;
+        `click` is the class's click of this step (z, y, x), if any."""
+        query = ObjectQuery(case.image, stats, class_prompts(case, c), case.prev_pred, c + 1, prev_slices, click)
         return self.predict_object(query, level, budget)
 
     # ------------------------------------------------------------------ one case
@@ -200,11 +318,14 @@ class Predictor:
         levels = []
         for c in range(case.num_classes):
             prev_slices = prev_objects[c] if c < len(prev_objects) else None
-            level = budget.level(case.num_classes - c)
+            level = budget.begin_class(case.num_classes - c)
+            click, unclicked = new_click(case, c)
+            if unclicked and self.click_update != "full" and case.prev_pred is not None:
+                level = B.FALLBACK  # no error, no click: the previous mask is the answer (local updates only)
             levels.append(level)
             result = None
             if level != B.FALLBACK:
-                result = self.predict_class(case, c, stats, prev_slices, level, budget)
+                result = self.predict_class(case, c, stats, prev_slices, level, budget, click)
             if result is None:
                 self._add_fallback(fusion, case, c, prev_slices)
                 continue

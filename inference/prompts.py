@@ -117,16 +117,21 @@ def splat(channel: torch.Tensor, window: Window, voxels: np.ndarray) -> None:
 
 
 def encode(window: Window, image: np.ndarray, stats: ImageStats, prompts: ClassPrompts,
-           prev_mask_source: np.ndarray | None = None, prev_label: int | None = None) -> torch.Tensor:
+           prev_mask_source: np.ndarray | None = None, prev_label: int | None = None,
+           prev_probs: np.ndarray | None = None, prev_origin=(0, 0, 0)) -> torch.Tensor:
     """The (8, pz, py, px) float32 network input for one class inside `window`.
 
     `prev_mask_source` is the previous segmentation volume (z, y, x); its voxels equal to
     `prev_label` (or nonzero when `prev_label` is None) form the previous-segmentation channel.
+    `prev_probs`, when given, replaces it: a float map in [0, 1] (z, y, x) over the part of the volume that
+    starts at index `prev_origin` (zero outside it), resampled trilinearly (e.g. a coarse prediction).
     """
     x = torch.zeros((NUM_INPUT_CHANNELS, *window.patch), dtype=torch.float32)
     img = window.crop(image, fill=stats.mean)
     x[CHANNELS["image"]] = (img - stats.mean) / stats.std
-    if prev_mask_source is not None:
+    if prev_probs is not None:
+        x[CHANNELS["prev_seg"]] = window.offset(prev_origin, prev_probs.shape).crop(prev_probs, fill=0.0)
+    elif prev_mask_source is not None:
         label = prev_label
         x[CHANNELS["prev_seg"]] = window.crop(
             prev_mask_source, fill=0.0,

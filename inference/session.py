@@ -269,7 +269,7 @@ class InteractiveSession:
 
         def change(log: PromptLog) -> None:
             (log.fg if positive else log.bg).append(p)
-        return self._interact(change, run_prediction)
+        return self._interact(change, run_prediction, new_click=p)
 
     def add_box(self, bbox, positive: bool = True, run_prediction: bool = True) -> Update:
         """A box [[z0, z1], [y0, y1], [x0, x1]] (half-open; floats rounded, then clipped to the image): size 1 on
@@ -371,8 +371,10 @@ class InteractiveSession:
         if entry.region is not None:
             self.mask[entry.region] = entry.before
 
-    def _interact(self, change, run_prediction: bool) -> Update:
-        """Apply `change` to a copy of the prompts, then predict (or queue); rolled back on any error."""
+    def _interact(self, change, run_prediction: bool, new_click: tuple[int, int, int] | None = None) -> Update:
+        """Apply `change` to a copy of the prompts, then predict (or queue); rolled back on any error.
+        `new_click` (z, y, x): the point this change adds, which allows the container's click-local update
+        when it is the only change since the last prediction."""
         entry = self._push()
         try:
             log = self.prompts.copy()
@@ -381,16 +383,17 @@ class InteractiveSession:
             if not run_prediction:
                 self.pending = True
                 return Update(False)
-            return self._predict(entry)
+            return self._predict(entry, None if entry.pending else new_click)
         except Exception:
             self._restore(self._undo.pop())
             raise
 
-    def _predict(self, entry: _UndoEntry) -> Update:
+    def _predict(self, entry: _UndoEntry, new_click: tuple[int, int, int] | None = None) -> Update:
         """Run the container's per-object prediction and paste it; records the rewritten region in `entry`."""
         prev = self.mask if self.mask_box is not None else None
         query = ObjectQuery(self.image, self._stats, self.prompts.class_prompts(), prev,
-                            1 if prev is not None else None, self.mask_box)
+                            1 if prev is not None else None, self.mask_box,
+                            None if new_click is None else np.asarray(new_click))
         level = B.FULL if self.do_autozoom else B.NO_ZOOM
         budget = B.Budget(1, per_class_run_s=self.seconds_per_interaction)
         result = self.predictor.predict_object(query, level, budget)

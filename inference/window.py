@@ -23,6 +23,26 @@ def zoom_factor(extent: np.ndarray, patch: np.ndarray) -> float:
     return float(max(1.0, np.max((np.asarray(extent, float) + np.asarray(patch, float) / 3.0) / patch)))
 
 
+Region = tuple[slice, slice, slice]
+
+
+def union_region(*regions: Region | None) -> Region | None:
+    """The bounding box (z, y, x slices) of the given regions (None ones ignored); None when all are None."""
+    regions = [r for r in regions if r is not None]
+    if not regions:
+        return None
+    return tuple(slice(min(r[a].start for r in regions), max(r[a].stop for r in regions)) for a in range(3))
+
+
+def region_voxels(region: Region) -> int:
+    return int(np.prod([max(s.stop - s.start, 0) for s in region]))
+
+
+def relative(region: Region, origin) -> Region:
+    """Volume slices (z, y, x) as slices of an array whose first voxel is volume index `origin`."""
+    return tuple(slice(s.start - o, s.stop - o) for s, o in zip(region, origin))
+
+
 @dataclass(frozen=True)
 class Window:
     """A block of the volume (start, size: voxels, (z, y, x)) resampled onto `patch`."""
@@ -59,6 +79,18 @@ class Window:
         start = np.floor(centre - (size - 1) / 2.0 + 0.5).astype(int)
         return Window(tuple(int(v) for v in start), tuple(int(v) for v in size), tuple(int(v) for v in patch_a),
                       self.shape)
+
+    def offset(self, origin, shape) -> "Window":
+        """This window in the frame of a sub-volume of `shape` (z, y, x) whose first voxel is volume index `origin`."""
+        return Window(tuple(int(s - o) for s, o in zip(self.start, origin)), self.size, self.patch,
+                      tuple(int(v) for v in shape))
+
+    @classmethod
+    def native(cls, region: Region, shape) -> "Window":
+        """The window over volume slices `region` (z, y, x) at the volume's own resolution (patch = size)."""
+        start = tuple(int(s.start) for s in region)
+        size = tuple(int(s.stop - s.start) for s in region)
+        return cls(start, size, size, tuple(int(v) for v in shape))
 
     def zoomed(self, factor: float) -> "Window":
         """The same centre, `factor` times larger, capped where it would only add padding on every axis."""
@@ -189,6 +221,16 @@ class Window:
         if any(s.stop <= s.start for s in region):
             return
         vals = patch_values.detach().float().cpu()
+        ny, nx = region[1].stop - region[1].start, region[2].stop - region[2].start
+        nz = region[0].stop - region[0].start
+        step = max(1, int(max_voxels // max(ny * nx, 1)))
+        if self.patch == self.size:  # native resolution: the values themselves (what the interpolation gives)
+            local = tuple(slice(r.start - s, r.stop - s) for r, s in zip(region, self.start))
+            sub = vals[local]
+            for z0 in range(0, nz, step):
+                z1 = min(nz, z0 + step)
+                yield (slice(region[0].start + z0, region[0].start + z1), region[1], region[2]), sub[z0:z1].numpy()
+            return
         axes = []
         for axis in range(3):
             s = np.arange(region[axis].start, region[axis].stop, dtype=float)
@@ -200,23 +242,20 @@ class Window:
             i1 = np.minimum(i0 + 1, n - 1)
             axes.append((torch.from_numpy(i0), torch.from_numpy(i1), torch.as_tensor(p - f, dtype=torch.float32)))
 
-        def interp(x: torch.Tensor, axis: int, sel: slice | None = None) -> torch.Tensor:
+        def matrix(axis: int) -> torch.Tensor:
+            """The (region, patch) linear interpolation weights along one axis (two nonzeros per row)."""
             i0, i1, w = axes[axis]
-            if sel is not None:
-                i0, i1, w = i0[sel], i1[sel], w[sel]
-            shape = [1, 1, 1]
-            shape[axis] = -1
-            a = x.index_select(axis, i0)
-            b = x.index_select(axis, i1)
-            return a + (b - a) * w.view(shape)
+            m = torch.zeros(len(i0), self.patch[axis])
+            rows = torch.arange(len(i0))
+            m.index_put_((rows, i0), 1.0 - w, accumulate=True)
+            m.index_put_((rows, i1), w, accumulate=True)
+            return m
 
-        # y and x first at patch depth is cheap; z last, slab by slab.
-        ny, nx = region[1].stop - region[1].start, region[2].stop - region[2].start
-        plane = interp(interp(vals, 1), 2)  # (pz, ny, nx)
-        nz = region[0].stop - region[0].start
-        step = max(1, int(max_voxels // max(ny * nx, 1)))
+        # y and x first at patch depth, then z slab by slab: matrix products with the interpolation weights.
+        plane = torch.matmul(matrix(1), torch.matmul(vals, matrix(2).T)).reshape(vals.shape[0], ny * nx)
+        mz = matrix(0)
         for z0 in range(0, nz, step):
             z1 = min(nz, z0 + step)
-            slab = interp(plane, 0, slice(z0, z1))
+            slab = torch.matmul(mz[z0:z1], plane).view(z1 - z0, ny, nx)
             zs = slice(region[0].start + z0, region[0].start + z1)
             yield (zs, region[1], region[2]), slab.numpy()

@@ -86,7 +86,9 @@ def test_budget_levels_degrade_with_time():
     clock = FakeClock()
     b = B.Budget(4, start=0.0, per_class_run_s=10.0, safety=1.0, reserve_s=0.0, clock=clock)
     b.record_run(2.0)
-    assert b.level(4) == B.FULL  # 40 s left for 4 x 2 s
+    assert b.level(4) == B.REFINE  # 40 s left for 4 x 2 s x 3 runs (the prior for refined classes) x 1.25
+    clock.t = 15.0
+    assert b.level(4) == B.FULL  # 25 s: refinement is the first to go
     clock.t = 33.0
     assert b.level(3) == B.NO_ZOOM  # 7 s for 6 s of work
     clock.t = 37.0

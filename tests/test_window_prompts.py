@@ -115,3 +115,18 @@ def test_zoomed_window_is_capped():
     for _ in range(10):
         w = w.zoomed(1.5)
     assert max(w.size) <= 40 + 1
+
+
+def test_paste_matches_torch_interpolate_and_native_windows_copy():
+    vals = torch.rand(8, 6, 10)
+    w = Window((-3, 2, 5), (20, 15, 23), (8, 6, 10), (14, 30, 40))  # scale 2.5, 2.5, 2.3; clipped at z = 0
+    ref = F.interpolate(vals[None, None], size=w.size, mode="trilinear", align_corners=False)[0, 0]
+    pieces = list(w.paste(vals, max_voxels=1000))
+    assert len(pieces) > 1
+    out = np.zeros(w.shape, np.float32)
+    for region, v in pieces:
+        out[region] = v
+    assert np.allclose(out[0:14, 2:17, 5:28], ref[3:17].numpy(), atol=1e-5)
+    native = Window.native((slice(2, 6), slice(0, 3), slice(1, 5)), (10, 10, 10))
+    (region, v), = list(native.paste(vals[:4, :3, :4]))
+    assert region == (slice(2, 6), slice(0, 3), slice(1, 5)) and np.array_equal(v, vals[:4, :3, :4].numpy())

@@ -1,0 +1,70 @@
+"""Named predictor settings: refinement and click update, as the container's options and the evaluation's rows.
+
+A setting is `coarse` or `refine`, then optionally `+full`, `+local` or `+both` (the click update, default
+`local`), then optionally `+field=value` items that override fields of `RefineConfig` (refinement) or
+`LocalConfig` (prefixed `local.`), e.g. `refine+both+max_tiles=4+soft_prev=0`. The container reads
+`SEGFM_REFINE` (on/off) and `SEGFM_CLICK_UPDATE` (full/local/both).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from .local_update import LocalConfig
+from .predictor import CLICK_UPDATES, DEFAULT_CLICK_UPDATE, DEFAULT_REFINE
+from .refine import RefineConfig
+
+
+def _value(text: str, current: Any) -> Any:
+    """`text` parsed as the type of the field's current value."""
+    if isinstance(current, bool):
+        if text.lower() in ("1", "true", "on", "yes"):
+            return True
+        if text.lower() in ("0", "false", "off", "no"):
+            return False
+        raise ValueError(f"not a boolean: {text!r}")
+    return type(current)(text)
+
+
+def _override(config, key: str, text: str):
+    names = {f.name for f in dataclasses.fields(config)}
+    if key not in names:
+        raise ValueError(f"unknown option {key!r} (one of {', '.join(sorted(names))})")
+    return dataclasses.replace(config, **{key: _value(text, getattr(config, key))})
+
+
+def predictor_options(name: str) -> dict[str, Any]:
+    """Predictor keyword arguments (refine, click_update, local) of a setting name (see the module docstring)."""
+    parts = [p.strip() for p in name.split("+") if p.strip()]
+    if not parts or parts[0] not in ("coarse", "refine"):
+        raise ValueError(f"setting {name!r} must start with 'coarse' or 'refine'")
+    refine = DEFAULT_REFINE if parts[0] == "refine" else None
+    local = LocalConfig()
+    click_update = DEFAULT_CLICK_UPDATE
+    for part in parts[1:]:
+        if part in CLICK_UPDATES:
+            click_update = part
+        elif "=" in part:
+            key, text = part.split("=", 1)
+            if key.startswith("local."):
+                local = _override(local, key[len("local."):], text)
+            elif refine is None:
+                raise ValueError(f"setting {name!r}: {key!r} needs 'refine'")
+            else:
+                refine = _override(refine, key, text)
+        else:
+            raise ValueError(f"setting {name!r}: unknown part {part!r}")
+    return {"refine": refine, "click_update": click_update, "local": local}
+
+
+def env_options(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Predictor keyword arguments from $SEGFM_REFINE (on/off, default on) and $SEGFM_CLICK_UPDATE."""
+    env = os.environ if environ is None else environ
+    refine = env.get("SEGFM_REFINE", "on").strip().lower() or "on"
+    if refine not in ("on", "off", "1", "0", "true", "false"):
+        raise ValueError(f"SEGFM_REFINE must be on or off, not {refine!r}")
+    click = env.get("SEGFM_CLICK_UPDATE", DEFAULT_CLICK_UPDATE).strip().lower() or DEFAULT_CLICK_UPDATE
+    if click not in CLICK_UPDATES:
+        raise ValueError(f"SEGFM_CLICK_UPDATE must be one of {', '.join(CLICK_UPDATES)}, not {click!r}")
+    return {"refine": DEFAULT_REFINE if refine in ("on", "1", "true") else None, "click_update": click}
