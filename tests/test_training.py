@@ -257,3 +257,52 @@ def test_cli_documents_every_option(capsys):
     assert cfg.profile == "tiny" and cfg.channels_last is False and cfg.steps == 5
     assert given == {"profile", "channels_last", "steps"}
     assert C.from_dict(asdict(cfg)) == cfg
+
+
+def test_sample_workers_end_with_a_killed_training_process(tmp_path):
+    """A SIGKILLed training process leaves no sample worker behind, even one busy inside a slow (here: hung)
+    sample, where torch's own parent check never runs (training.data.die_with_parent)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, signal, sys, time, torch\n"
+        "from training.data import die_with_parent\n"
+        "class Endless(torch.utils.data.IterableDataset):\n"
+        "    def __iter__(self):\n"
+        "        yield torch.zeros(4)\n"
+        "        yield torch.zeros(4)\n"
+        "        time.sleep(600)\n"  # a sample that takes for ever
+        "loader = torch.utils.data.DataLoader(Endless(), batch_size=2, num_workers=1, prefetch_factor=4,\n"
+        "    persistent_workers=True, worker_init_fn=die_with_parent, multiprocessing_context='fork')\n"
+        "it = iter(loader); next(it)\n"
+        "print(' '.join(str(w.pid) for w in it._workers), flush=True)\n"
+        "time.sleep(1.0)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    pids = [int(p) for p in res.stdout.split()]
+    assert pids, res.stderr
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+    deadline = time.time() + 10
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)
+
+
+def test_curve_rows_round_trip(tmp_path):
+    """training.curve keeps the rows of an earlier curve.csv with their types (steps scored once)."""
+    from training.curve import read_rows, write_rows
+    rows = [{"step": 500, "hours": 0.25, "mode": "box", "case": "a.npz", "classes": 4, "DSC_1": 0.5,
+             "DSC_Final": 0.6, "DSC_AUC": 2.0, "NSD_Final": 0.4, "boxfill_DSC_Final": 0.3}]
+    write_rows(rows, tmp_path / "curve.csv")
+    assert read_rows(tmp_path / "curve.csv") == rows
+    assert read_rows(tmp_path / "missing.csv") == []

@@ -4,7 +4,8 @@ Scores each native checkpoint (`<run>/snapshots/model_<step>.pt`, written with `
 evaluation harness in-process on held-out cases, with and without boxes, and writes a CSV and a PNG of
 DSC_1 (box step), DSC_Final and DSC_AUC/4 against the training step (or, with `--log`, the training hours
 read from the run's log.csv, summed over resumed sessions), one panel per box mode, one line per case,
-beside the box-fill baseline. `--max-classes K` scores K evenly spread classes per case (cheaper).
+beside the box-fill baseline. `--max-classes K` scores K evenly spread classes per case (cheaper). Rows already
+in `<out>/curve.csv` are kept (a step scored there is not scored again), so snapshots can be added as a run goes.
 """
 from __future__ import annotations
 
@@ -37,6 +38,19 @@ def training_hours(log_csv: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(steps), np.asarray(seconds) / 3600.0
 
 
+INTEGER = ("step", "classes")
+NUMERIC = ("hours", "DSC_1", "DSC_Final", "DSC_AUC", "NSD_Final", "boxfill_DSC_Final")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of an earlier curve.csv (numbers parsed), or none."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: int(v) if k in INTEGER else float(v) if k in NUMERIC else v for k, v in r.items()}
+                for r in csv.DictReader(fh)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.curve", description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+", type=Path, help="native checkpoints (model.pt snapshots)")
@@ -57,10 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     cases = [validation_case(p, args.max_classes) for p in find_cases(args.cases)]
     base = {(c.name, m): run_case(c, make_baseline("boxfill"), m == "box").row["DSC_Final"] for c in cases for m in modes}
     hours_of = training_hours(args.log) if args.log else None
-    rows = []
+    rows = read_rows(args.out / "curve.csv")
+    done = {int(r["step"]) for r in rows}
     steps_of = {ckpt: snapshot_step(ckpt) for ckpt in args.checkpoints}  # one read of each file for its step
     for ckpt in sorted(args.checkpoints, key=steps_of.get):
         step = steps_of[ckpt]
+        if step in done:
+            continue
         hours = float(np.interp(step, *hours_of)) if hours_of is not None else float("nan")
         model = InProcessPredictor.from_model(load_predictor(ckpt, "cpu", per_class_run_s=1e9))
         for case in cases:
@@ -72,14 +89,21 @@ def main(argv: list[str] | None = None) -> int:
                              "boxfill_DSC_Final": base[(case.name, mode)]})
                 print(f"step {step:6d} ({hours:.2f} h) {mode:5s} {case.name}: DSC_1 {r['DSC_1']:.3f} "
                       f"DSC_Final {r['DSC_Final']:.3f} DSC_AUC {r['DSC_AUC']:.3f}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "curve.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_rows(rows, args.out / "curve.csv")  # after each checkpoint: an interrupted run keeps its rows
     plot(rows, modes, args.out / "curve.png", hours=hours_of is not None)
     print(f"wrote {args.out / 'curve.csv'} and {args.out / 'curve.png'}")
     return 0
+
+
+def write_rows(rows: list[dict], dest: Path) -> None:
+    """The curve's rows as CSV, written under a temporary name and renamed."""
+    tmp = dest.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(sorted(rows, key=lambda r: (r["step"], r["mode"], r["case"])))
+    tmp.replace(dest)
 
 
 def plot(rows: list[dict], modes: list[str], dest: Path, hours: bool) -> None:

@@ -20,9 +20,12 @@ worker and rank). Worker processes return numpy arrays, which travel through a p
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
+import signal
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -540,6 +543,16 @@ def to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
 
 
+def die_with_parent(_worker_id: int = 0) -> None:
+    """Have the kernel end this worker when the training process dies (Linux): a worker blocked on a full
+    pipe never runs torch's own parent check, and a killed run otherwise leaves it sampling for ever."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def make_loader(dataset: PromptDataset, sampler: StreamSampler, batch_size: int, num_workers: int,
                 pin_memory: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Batches as torch tensors; workers (if any) are started with the file system as sharing strategy."""
@@ -553,7 +566,7 @@ def make_loader(dataset: PromptDataset, sampler: StreamSampler, batch_size: int,
         return gen()
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
-        pin_memory=False, persistent_workers=True, prefetch_factor=4,
+        pin_memory=False, persistent_workers=True, prefetch_factor=4, worker_init_fn=die_with_parent,
         multiprocessing_context="fork" if hasattr(os, "fork") else None)
 
     def gen_workers() -> Iterator[dict[str, torch.Tensor]]:
