@@ -36,14 +36,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tta", type=int, choices=(1, 2, 4, 8), default=os.environ.get("SEGFM_TTA", "1"),
                     help="test-time augmentation: average this many mirrored copies per network run "
                          "(1 = off; 2 = x; 4 = x, y; 8 = all axes; default: $SEGFM_TTA or 1)")
-    ap.add_argument("--refine", choices=("on", "off"), default=os.environ.get("SEGFM_REFINE", "on"),
+    ap.add_argument("--refine", choices=("on", "off"), default=os.environ.get("SEGFM_REFINE", "off"),
                     help="re-predict the boundary of zoomed-out objects at native resolution when the budget "
-                         "allows (default: $SEGFM_REFINE or on)")
+                         "allows (default: $SEGFM_REFINE or off)")
     ap.add_argument("--click-update", choices=("full", "local", "both"),
-                    default=os.environ.get("SEGFM_CLICK_UPDATE", "local"),
+                    default=os.environ.get("SEGFM_CLICK_UPDATE", "full"),
                     help="at click steps: re-run the whole object (full), predict a native patch around the new "
                          "click and merge it, re-running the object only when its extent changed (local), or "
-                         "always both (default: $SEGFM_CLICK_UPDATE or local)")
+                         "always both (default: $SEGFM_CLICK_UPDATE or full)")
     ap.add_argument("--no-watchdog", action="store_true",
                     help="run the network in this process, without the supervisor that writes fallback "
                          "predictions when a case misses its hard deadline")

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="fp32 and/or bf16 (bf16 only where native)")
     ap.add_argument("--modes", nargs="+", default=["local", "full"], help="click update modes (local, full, both)")
-    ap.add_argument("--refine", choices=("on", "off"), default="on", help="refinement (default on)")
+    ap.add_argument("--refine", choices=("on", "off"), default="off", help="refinement (default off, as the container)")
     ap.add_argument("--click-budget-s", type=float, default=1.5,
                     help="time budget of one click (inference.budget.Budget.for_interaction; 0 = none; default 1.5)")
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "latency.json"))

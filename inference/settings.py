@@ -1,7 +1,7 @@
 """Named predictor settings: refinement and click update, as the container's options and the evaluation's rows.
 
 A setting is `coarse` or `refine`, then optionally `+full`, `+local` or `+both` (the click update, default
-`local`), then optionally `+field=value` items that override fields of `RefineConfig` (refinement) or
+`full`), then optionally `+field=value` items that override fields of `RefineConfig` (refinement) or
 `LocalConfig` (prefixed `local.`), e.g. `refine+both+max_tiles=4+soft_prev=0`. The container reads
 `SEGFM_REFINE` (on/off) and `SEGFM_CLICK_UPDATE` (full/local/both).
 """
@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from .local_update import LocalConfig
-from .predictor import CLICK_UPDATES, DEFAULT_CLICK_UPDATE, DEFAULT_REFINE
+from .predictor import CLICK_UPDATES, DEFAULT_CLICK_UPDATE, DEFAULT_REFINE, REFINE_BY_DEFAULT
 from .refine import RefineConfig
 
 
@@ -59,9 +59,10 @@ def predictor_options(name: str) -> dict[str, Any]:
 
 
 def env_options(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """Predictor keyword arguments from $SEGFM_REFINE (on/off, default on) and $SEGFM_CLICK_UPDATE."""
+    """Predictor keyword arguments from $SEGFM_REFINE (on/off, default off) and $SEGFM_CLICK_UPDATE."""
     env = os.environ if environ is None else environ
-    refine = env.get("SEGFM_REFINE", "on").strip().lower() or "on"
+    default = "on" if REFINE_BY_DEFAULT else "off"
+    refine = env.get("SEGFM_REFINE", default).strip().lower() or default
     if refine not in ("on", "off", "1", "0", "true", "false"):
         raise ValueError(f"SEGFM_REFINE must be on or off, not {refine!r}")
     click = env.get("SEGFM_CLICK_UPDATE", DEFAULT_CLICK_UPDATE).strip().lower() or DEFAULT_CLICK_UPDATE
