@@ -36,13 +36,25 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def configure_cpu_threads() -> None:
-    """Use every core the process may run on for intra-op parallelism."""
+def cpu_threads(environ: dict[str, str] | None = None) -> int:
+    """Intra-op threads: $OMP_NUM_THREADS where it is a positive integer (a machine shared with other work),
+    else every core the process may run on."""
+    env = os.environ if environ is None else environ
     try:
-        n = len(os.sched_getaffinity(0))
+        n = int(env.get("OMP_NUM_THREADS", ""))
+        if n > 0:
+            return n
+    except ValueError:
+        pass
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
-        n = os.cpu_count() or 1
-    torch.set_num_threads(max(1, n))
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_cpu_threads() -> None:
+    """Set torch's intra-op threads (see `cpu_threads`)."""
+    torch.set_num_threads(cpu_threads())
 
 
 def class_prompts(case: Case, c: int) -> ClassPrompts:
@@ -141,6 +153,28 @@ def new_click(case: Case, c: int) -> tuple[np.ndarray | None, bool]:
     return (np.asarray(pts[-1]) if len(pts) else None), False
 
 
+def clip_z(region: tuple[slice, ...], values: np.ndarray, z_lo: int, z_hi: int
+           ) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """The part of a pasted slab (volume slices z, y, x and its values) with z in [z_lo, z_hi], or None.
+
+    The challenge's box gives the object's exact slice extent (z_min, z_max: contract section 1), so voxels on
+    other slices are never the object."""
+    start, stop = max(region[0].start, z_lo), min(region[0].stop, z_hi + 1)
+    if stop <= start:
+        return None
+    return (slice(start, stop), *region[1:]), values[start - region[0].start: stop - region[0].start]
+
+
+def box_z_range(case: Case, c: int) -> tuple[int, int] | None:
+    """Class index c's slice range (z_lo, z_hi) from its challenge box, widened to its foreground clicks
+    (which the organizer only places on the object); None without a box."""
+    b = case.boxes[c] if case.boxes is not None else None
+    if b is None:
+        return None
+    zs = [b.lo[0], b.hi[0], *(int(p[0]) for p in np.asarray(case.fg_clicks[c]).reshape(-1, 3))]
+    return min(zs), max(zs)
+
+
 def reduced_patch(patch: tuple[int, int, int], divisor: tuple[int, int, int]) -> tuple[int, int, int]:
     """Half the patch per axis, rounded to a multiple of the network's divisor."""
     return tuple(max(d, int(round(p / 2 / d)) * d) for p, d in zip(patch, divisor))
@@ -153,7 +187,7 @@ class Predictor:
                  max_zoom_outs: int = 3, zoom_out_factor: float = 1.5, per_class_run_s: float = 15.0,
                  verbose: bool = False, tta: int = 1, precision: str | None = None,
                  refine: RefineConfig | None = DEFAULT_REFINE if REFINE_BY_DEFAULT else None, click_update: str = DEFAULT_CLICK_UPDATE,
-                 local: LocalConfig = LocalConfig()):
+                 local: LocalConfig = LocalConfig(), box_z_clip: bool = True):
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = P.resolve(self.device, precision)  # $SEGFM_PRECISION when None
         self._autocast = P.autocast(self.device, self.precision)
@@ -173,6 +207,7 @@ class Predictor:
         self.refine = refine  # None: no refinement (REFINE works as FULL)
         self.click_update = click_update
         self.local = local
+        self.box_z_clip = box_z_clip  # challenge cases: nothing outside the box's exact slice extent
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device=None, **kw) -> "Predictor":
@@ -331,8 +366,11 @@ class Predictor:
                 self._add_fallback(fusion, case, c, prev_slices)
                 continue
             window, probs = result
+            z_range = box_z_range(case, c) if self.box_z_clip else None
             for region, values in window.paste(probs):
-                fusion.add(c + 1, region, values)
+                piece = clip_z(region, values, *z_range) if z_range is not None else (region, values)
+                if piece is not None:
+                    fusion.add(c + 1, *piece)
         if self.verbose:
             counts = {B.LEVEL_NAMES[k]: levels.count(k) for k in sorted(set(levels))}
             print(f"  {case.name}: {case.num_classes} classes, levels {counts}, "

@@ -1,8 +1,9 @@
 """Named predictor settings: refinement and click update, as the container's options and the evaluation's rows.
 
 A setting is `coarse` or `refine`, then optionally `+full`, `+local` or `+both` (the click update, default
-`full`), then optionally `+field=value` items that override fields of `RefineConfig` (refinement) or
-`LocalConfig` (prefixed `local.`), e.g. `refine+both+max_tiles=4+soft_prev=0`. The container reads
+`full`), then optionally `+nozclip` (keep predictions outside the challenge box's slice range; default
+`+zclip` drops them), `+tta=N` (N mirrored copies averaged per network run) and `+field=value` items that
+override fields of `RefineConfig` (refinement) or `LocalConfig` (prefixed `local.`), e.g. `refine+both+max_tiles=4+soft_prev=0`. The container reads
 `SEGFM_REFINE` (on/off) and `SEGFM_CLICK_UPDATE` (full/local/both).
 """
 from __future__ import annotations
@@ -42,12 +43,18 @@ def predictor_options(name: str) -> dict[str, Any]:
     refine = DEFAULT_REFINE if parts[0] == "refine" else None
     local = LocalConfig()
     click_update = DEFAULT_CLICK_UPDATE
+    box_z_clip = True
+    options: dict[str, Any] = {}
     for part in parts[1:]:
         if part in CLICK_UPDATES:
             click_update = part
+        elif part in ("zclip", "nozclip"):
+            box_z_clip = part == "zclip"
         elif "=" in part:
             key, text = part.split("=", 1)
-            if key.startswith("local."):
+            if key == "tta":
+                options["tta"] = int(text)
+            elif key.startswith("local."):
                 local = _override(local, key[len("local."):], text)
             elif refine is None:
                 raise ValueError(f"setting {name!r}: {key!r} needs 'refine'")
@@ -55,7 +62,7 @@ def predictor_options(name: str) -> dict[str, Any]:
                 refine = _override(refine, key, text)
         else:
             raise ValueError(f"setting {name!r}: unknown part {part!r}")
-    return {"refine": refine, "click_update": click_update, "local": local}
+    return {"refine": refine, "click_update": click_update, "local": local, "box_z_clip": box_z_clip, **options}
 
 
 def env_options(environ: dict[str, str] | None = None) -> dict[str, Any]:

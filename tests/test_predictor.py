@@ -159,3 +159,32 @@ def test_tta_runs_through_a_case_and_rejects_unknown_levels():
     assert segs.shape == case.shape and segs.dtype == np.uint8
     with pytest.raises(ValueError, match="tta"):
         Predictor(new_model("tiny"), "cpu", tta=3)
+
+
+def test_clip_z_keeps_only_the_slices_in_range():
+    from inference.predictor import clip_z
+    region = (slice(3, 9), slice(0, 4), slice(2, 5))
+    values = np.arange(6 * 4 * 3, dtype=np.float32).reshape(6, 4, 3)
+    (zs, ys, xs), part = clip_z(region, values, 5, 6)
+    assert (zs.start, zs.stop) == (5, 7) and ys == region[1] and xs == region[2]
+    np.testing.assert_array_equal(part, values[2:4])
+    assert clip_z(region, values, 10, 12) is None
+    np.testing.assert_array_equal(clip_z(region, values, 0, 100)[1], values)
+
+
+def test_everything_predicted_outside_the_box_slices_is_dropped_but_fg_clicks_widen_the_range():
+    p = ScriptedPredictor("all", max_zoom_outs=0)
+    case = _case(k=1, shape=(30, 40, 40))  # box z 2..8
+    seg = p.predict_case(case)
+    zs = np.nonzero(seg.any(axis=(1, 2)))[0]
+    assert zs.min() == 2 and zs.max() == 8
+    assert ScriptedPredictor("all", max_zoom_outs=0, box_z_clip=False).predict_case(case).any(axis=(1, 2)).sum() > 7
+    clicked = _case(k=1, shape=(30, 40, 40), clicks=[{"fg": [[11, 8, 8]], "bg": []}])
+    zs = np.nonzero(p.predict_case(clicked).any(axis=(1, 2)))[0]
+    assert zs.min() == 2 and zs.max() == 11
+
+
+def test_cpu_threads_honours_omp_num_threads():
+    from inference.predictor import cpu_threads
+    assert cpu_threads({"OMP_NUM_THREADS": "1"}) == 1
+    assert cpu_threads({"OMP_NUM_THREADS": "junk"}) >= 1 and cpu_threads({}) >= 1
