@@ -160,7 +160,8 @@ def test_local_update_runs_the_coarse_pass_when_the_extent_changes():
     assert len(both.windows) == 2  # 'both' always runs the coarse pass as well
     full = FakeNetwork(echo, click_update="full", max_zoom_outs=0, refine=None)
     full.predict_case(case)
-    assert len(full.windows) == 2 and all(w.size != PATCH or w.zoom != 1.0 for w in full.windows[:1])
+    assert len(full.windows) == 1  # 'full': class 1's coarse pass only (class 2 had no error: kept)
+    assert full.windows[0].size != PATCH or full.windows[0].zoom != 1.0
 
 
 def test_extent_change_test_looks_only_at_faces_inside_the_volume():
@@ -232,3 +233,12 @@ def test_predict_update_returns_only_the_patch_and_an_interaction_budget():
     assert window.inside() == tuple(slice(min(a.start, b.start), max(a.stop, b.stop))
                                     for a, b in zip(patch, query.prev_slices))
     assert B.Budget.for_interaction(0.05, 0.5).level(1) == B.FALLBACK  # too little time for any run
+
+
+def test_a_class_without_error_keeps_its_mask_and_costs_no_run():
+    """clicks_order None: the organizer found no error in that class, so its previous mask is the answer."""
+    case = _click_case()
+    p = FakeNetwork(lambda x: torch.ones(x.shape[1:]), click_update="full", max_zoom_outs=0, refine=None)
+    segs = p.predict_case(case)
+    assert len(p.windows) == 1  # class 1 only
+    assert np.array_equal(segs == 2, case.prev_pred == 2)
