@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 RUN=${RUN:-runs/default}
 PROFILE=${PROFILE:-lite}
-STAGES=${STAGES:-A B C}
+STAGES=${STAGES:-A B}  # C (weights/candidate-stage-c.pt) is not shipped until it is scored: STAGES="A B C"
 THREADS=${THREADS:-1}
 export OMP_WAIT_POLICY=PASSIVE  # idle OpenMP threads sleep instead of spinning on a core other work needs
 $PY -m training.pseudo --data data/train data/images --out .cache/pseudo   # supervoxels, once per volume
