@@ -83,6 +83,46 @@ def prompt_extent(prompts: ClassPrompts, prev_slices: tuple[slice, ...] | None) 
     return np.min(los, axis=0), np.max(his, axis=0)
 
 
+def positive_prompts(prompts: ClassPrompts) -> ClassPrompts:
+    """The prompts without their negative parts (background clicks, lassos and scribbles)."""
+    empty = np.zeros((0, 3), np.int64)
+    return dataclasses.replace(prompts, bg=empty, lasso_bg=empty, scribble_bg=empty)
+
+
+def anchored_slices(prev_mask: np.ndarray, prev_label: int | None, prev_slices: tuple[slice, ...],
+                    prompts: ClassPrompts, reach: int = 2) -> tuple[slice, ...] | None:
+    """The bounding box (volume slices, z, y, x) of the previous mask's connected components that a positive
+    prompt touches: a component inside the box, or within `reach` voxels of a foreground click, lasso or
+    scribble voxel; None when no component is touched.
+
+    Components that no positive prompt touches are false positives the next prediction drops: they must not
+    stretch the window (a far-away one zooms a small object out of sight)."""
+    crop = prev_mask[prev_slices]
+    comps, n = ndimage.label(crop == prev_label if prev_label is not None else crop != 0)
+    if n == 0:
+        return None
+    origin = np.array([s.start for s in prev_slices])
+    touched: set[int] = set()
+    if prompts.box is not None:
+        lo = np.maximum(np.asarray(prompts.box[0]) - origin, 0)
+        hi = np.minimum(np.asarray(prompts.box[1]) - origin + 1, crop.shape)
+        if np.all(hi > lo):
+            touched.update(np.unique(comps[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]).tolist())
+    pts = np.concatenate([np.asarray(p, np.int64).reshape(-1, 3)
+                          for p in (prompts.fg, prompts.lasso_fg, prompts.scribble_fg)]) - origin
+    for p in pts:
+        lo, hi = np.maximum(p - reach, 0), np.minimum(p + reach + 1, crop.shape)
+        if np.all(hi > lo):
+            touched.update(np.unique(comps[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]).tolist())
+    touched.discard(0)
+    if not touched:
+        return None
+    boxes = [b for i, b in enumerate(ndimage.find_objects(comps), start=1) if i in touched]
+    lo = np.min([[b.start for b in box] for box in boxes], axis=0) + origin
+    hi = np.max([[b.stop for b in box] for box in boxes], axis=0) + origin
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
 @dataclass
 class ObjectQuery:
     """What one object's prediction needs: the image (z, y, x) and its z-score statistics, the object's
@@ -91,7 +131,12 @@ class ObjectQuery:
 
     `new_click` (z, y, x), when set, is the click just added (also in `prompts`): with a previous mask it
     allows the click-local update. `prev_probs` / `prev_origin` replace the previous mask by a float map over
-    the part of the volume starting at `prev_origin` (set by the refinement for its tiles)."""
+    the part of the volume starting at `prev_origin` (set by the refinement for its tiles).
+
+    `anchored`: the window is placed on the positive prompts and the previous mask's components they touch
+    (`anchored_slices`), not on negative prompts or untouched components. For a prediction that replaces the
+    whole object (the challenge's classes): what lies outside the window is dropped, which is what a
+    background click far from the object asks for."""
 
     image: np.ndarray
     stats: ImageStats
@@ -102,6 +147,19 @@ class ObjectQuery:
     new_click: np.ndarray | None = None
     prev_probs: np.ndarray | None = None
     prev_origin: tuple[int, int, int] = (0, 0, 0)
+    anchored: bool = False
+
+
+def query_extent(query: ObjectQuery) -> tuple[np.ndarray, np.ndarray] | None:
+    """The extent (lo, hi), (z, y, x) inclusive, the window is placed on (see `ObjectQuery.anchored`)."""
+    prompts, prev_slices = query.prompts, query.prev_slices
+    if query.anchored:
+        positive = positive_prompts(prompts)
+        if positive.box is not None or len(positive.points()):
+            if prev_slices is not None and query.prev_mask is not None:
+                prev_slices = anchored_slices(query.prev_mask, query.prev_label, prev_slices, positive)
+            prompts = positive
+    return prompt_extent(prompts, prev_slices)
 
 
 @dataclass
@@ -187,7 +245,7 @@ class Predictor:
                  max_zoom_outs: int = 3, zoom_out_factor: float = 1.5, per_class_run_s: float = 15.0,
                  verbose: bool = False, tta: int = 1, precision: str | None = None,
                  refine: RefineConfig | None = DEFAULT_REFINE if REFINE_BY_DEFAULT else None, click_update: str = DEFAULT_CLICK_UPDATE,
-                 local: LocalConfig = LocalConfig(), box_z_clip: bool = True):
+                 local: LocalConfig = LocalConfig(), box_z_clip: bool = True, anchored_extent: bool = True):
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = P.resolve(self.device, precision)  # $SEGFM_PRECISION when None
         self._autocast = P.autocast(self.device, self.precision)
@@ -208,6 +266,7 @@ class Predictor:
         self.click_update = click_update
         self.local = local
         self.box_z_clip = box_z_clip  # challenge cases: nothing outside the box's exact slice extent
+        self.anchored_extent = anchored_extent  # challenge cases: ObjectQuery.anchored
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device=None, **kw) -> "Predictor":
@@ -276,7 +335,7 @@ class Predictor:
         always runs both; the patch is then pasted over the coarse result (inference/local_update.py).
         Interactive sessions use this directly: only the returned window changes."""
         prompts = query.prompts
-        extent = prompt_extent(prompts, query.prev_slices)
+        extent = query_extent(query)
         if extent is None:
             return None
         runs = [0]
@@ -341,7 +400,8 @@ class Predictor:
                       budget: B.Budget | None = None, click: np.ndarray | None = None) -> tuple[Window, torch.Tensor] | None:
         """Window and probabilities of class index c of a challenge case, or None when it has no prompt;
         `click` is the class's click of this step (z, y, x), if any."""
-        query = ObjectQuery(case.image, stats, class_prompts(case, c), case.prev_pred, c + 1, prev_slices, click)
+        query = ObjectQuery(case.image, stats, class_prompts(case, c), case.prev_pred, c + 1, prev_slices, click,
+                            anchored=self.anchored_extent)
         return self.predict_object(query, level, budget)
 
     # ------------------------------------------------------------------ one case

@@ -2,7 +2,8 @@
 
 A setting is `coarse` or `refine`, then optionally `+full`, `+local` or `+both` (the click update, default
 `full`), then optionally `+nozclip` (keep predictions outside the challenge box's slice range; default
-`+zclip` drops them), `+tta=N` (N mirrored copies averaged per network run) and `+field=value` items that
+`+zclip` drops them), `+noanchor` (place a challenge class's window on all its prompts and its whole previous
+mask; default `+anchor`: on the positive prompts and the previous components they touch), `+tta=N` (N mirrored copies averaged per network run) and `+field=value` items that
 override fields of `RefineConfig` (refinement) or `LocalConfig` (prefixed `local.`), e.g. `refine+both+max_tiles=4+soft_prev=0`. The container reads
 `SEGFM_REFINE` (on/off) and `SEGFM_CLICK_UPDATE` (full/local/both).
 """
@@ -44,12 +45,15 @@ def predictor_options(name: str) -> dict[str, Any]:
     local = LocalConfig()
     click_update = DEFAULT_CLICK_UPDATE
     box_z_clip = True
+    anchored_extent = True
     options: dict[str, Any] = {}
     for part in parts[1:]:
         if part in CLICK_UPDATES:
             click_update = part
         elif part in ("zclip", "nozclip"):
             box_z_clip = part == "zclip"
+        elif part in ("anchor", "noanchor"):
+            anchored_extent = part == "anchor"
         elif "=" in part:
             key, text = part.split("=", 1)
             if key == "tta":
@@ -62,7 +66,8 @@ def predictor_options(name: str) -> dict[str, Any]:
                 refine = _override(refine, key, text)
         else:
             raise ValueError(f"setting {name!r}: unknown part {part!r}")
-    return {"refine": refine, "click_update": click_update, "local": local, "box_z_clip": box_z_clip, **options}
+    return {"refine": refine, "click_update": click_update, "local": local, "box_z_clip": box_z_clip,
+            "anchored_extent": anchored_extent, **options}
 
 
 def env_options(environ: dict[str, str] | None = None) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import torch
 from inference import budget as B
 from inference.case_io import parse_case
 from inference.network import new_model
-from inference.predictor import Predictor, class_prompts, fallback_segs, prompt_extent
+from inference.predictor import Predictor, anchored_slices, class_prompts, fallback_segs, prompt_extent
 from inference.prompts import image_stats
 
 
@@ -72,6 +72,37 @@ def test_extent_without_box_uses_clicks_and_previous_mask():
     from scipy import ndimage
     lo, hi = prompt_extent(class_prompts(case, 0), ndimage.find_objects(prev)[0])
     assert lo.tolist() == [3, 2, 3] and hi.tolist() == [15, 19, 34]
+
+
+def test_anchored_extent_keeps_the_components_a_positive_prompt_touches():
+    prev = np.zeros((20, 40, 40), np.uint8)
+    prev[3:6, 10:20, 30:35] = 1   # touched by the foreground click
+    prev[15:18, 30:38, 2:6] = 1   # a false positive far away
+    prev[10:12, 2:4, 2:4] = 2     # another class
+    case = _case(k=1, prev=prev, clicks=[{"fg": [[4, 21, 32]], "bg": [[16, 33, 3]]}], boxes=False)
+    from scipy import ndimage
+    prompts = class_prompts(case, 0)
+    whole = ndimage.find_objects(prev)[0]
+    assert anchored_slices(prev, 1, whole, prompts) == (slice(3, 6), slice(10, 20), slice(30, 35))  # reach 2
+    far = class_prompts(_case(k=1, prev=prev, clicks=[{"fg": [[4, 25, 32]], "bg": []}], boxes=False), 0)
+    assert anchored_slices(prev, 1, whole, far) is None
+    boxed = class_prompts(_case(k=1, prev=prev), 0)  # the box (2..8, 4..12, 5..10) touches no component
+    assert anchored_slices(prev, 1, whole, boxed) is None
+
+
+def test_a_far_background_click_does_not_stretch_the_window_and_drops_the_false_positive():
+    shape = (40, 120, 120)
+    prev = np.zeros(shape, np.uint8)
+    prev[18:22, 10:14, 10:14] = 1     # the object, clicked
+    prev[18:22, 100:110, 100:110] = 1  # a false positive, clicked as background
+    clicks = [{"fg": [[20, 12, 12]], "bg": [[20, 105, 105]]}]
+    case = _case(k=1, shape=shape, prev=prev, clicks=clicks, boxes=False)
+    case.clicks_order = [["fg", "bg"]]
+    anchored, loose = ScriptedPredictor(max_zoom_outs=0), ScriptedPredictor(max_zoom_outs=0, anchored_extent=False)
+    segs = anchored.predict_case(case)
+    loose.predict_case(case)
+    assert anchored.windows[0].zoom == 1.0 and loose.windows[0].zoom > 1.5
+    assert not segs[18:22, 100:110, 100:110].any()
 
 
 class FakeClock:
