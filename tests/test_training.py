@@ -150,6 +150,16 @@ def test_simulate_prompts_rounds_and_skip():
     (coord, _) = simulate_click(np.zeros(PATCH, bool), target[0].numpy())
     assert out[0, CHANNELS["click_pos"]][coord] == pytest.approx(1.0)
     assert not x.any()  # the input batch itself is untouched
+    drawn = set()
+    for seed in range(12):
+        calls.clear()
+        _, st = simulate_prompts(predict, x, target, has_box, np.random.default_rng(seed), p_click=1.0, rounds=1,
+                                 max_rounds=3)
+        drawn.add(st.stage1_passes)
+        _, again = simulate_prompts(predict, x, target, has_box, np.random.default_rng(seed), p_click=1.0,
+                                    rounds=1, max_rounds=3)
+        assert again.stage1_passes == st.stage1_passes  # a pure function of the batch's generator
+    assert drawn == {1, 2, 3}
 
 
 def test_loss_weights_dice_ten_times():

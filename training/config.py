@@ -57,6 +57,8 @@ class TrainConfig:
     p_click: float = opt(0.5, "probability per batch of simulating clicks on the model's own errors "
                               "(stage 1 without gradient, then stage 2 with all prompts)")
     click_rounds: int = opt(1, "clicks simulated per clicking batch (k rounds of predict-then-click)")
+    click_rounds_max: int = opt(0, "when above --click-rounds: the rounds of each clicking batch are drawn "
+                                   "uniformly from click-rounds..this (the organizer clicks up to 5 times)")
     nobox_always_click: bool = opt(False, "no-box samples always get a simulated click after stage 1 "
                                           "(default: they follow --p-click; their first click is a prompt already)")
     p_viewer: float = opt(0.15, "probability that a sample's first prompt is a viewer's 2D box, lasso or "
@@ -140,6 +142,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "accum", "click_rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.click_rounds_max and self.click_rounds_max < self.click_rounds:
+            raise ValueError("--click-rounds-max must be 0 or at least --click-rounds")
         if self.p_no_box + self.p_viewer + self.p_refine > 1:
             raise ValueError("--p-no-box + --p-viewer + --p-refine must be <= 1")
         if min(getattr(self, f"mix_{n}") for n in ("real", "synth", "pseudo", "ensemble", "procedural")) < 0:

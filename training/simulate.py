@@ -82,12 +82,14 @@ class SimulationStats:
 
 def simulate_prompts(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, target: torch.Tensor,
                      has_box: torch.Tensor, rng: np.random.Generator, p_click: float = 0.5, rounds: int = 1,
-                     nobox_always_click: bool = False) -> tuple[torch.Tensor, SimulationStats]:
+                     nobox_always_click: bool = False, max_rounds: int = 0) -> tuple[torch.Tensor, SimulationStats]:
     """The stage-2 input for a batch: x (B, 8, z, y, x) with k rounds of simulated clicks added, or x itself.
 
     `predict` maps an input batch to foreground probabilities (B, z, y, x) without gradient. A batch
     clicks with probability p_click (all its samples); with `nobox_always_click`, no-box samples click
-    in every batch. Batches that do not click skip stage 1 entirely.
+    in every batch. Batches that do not click skip stage 1 entirely. k = `rounds`, or, with `max_rounds` >
+    `rounds`, drawn uniformly from rounds..max_rounds for each clicking batch (the organizer clicks up to 5
+    times: the later clicks then meet a previous mask and several clicks, as at inference).
     """
     stats = SimulationStats()
     batch_clicks = bool(rng.random() < p_click)
@@ -96,6 +98,8 @@ def simulate_prompts(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.T
         chosen |= ~has_box.bool().cpu()
     if not bool(chosen.any()):
         return x, stats
+    if max_rounds > rounds:
+        rounds = int(rng.integers(rounds, max_rounds + 1))
     x = x.clone()
     tgt = target.bool().cpu().numpy()
     for _ in range(rounds):

@@ -412,7 +412,7 @@ def train_step(tr: Trainer) -> dict[str, float]:
         target = b["target"].to(dev, non_blocking=True)
         rng = np.random.default_rng([cfg.seed, 1, tr.dist.rank, tr.step, a])
         x, sim = simulate_prompts(predict, x, target, b["has_box"], rng, cfg.p_click, cfg.click_rounds,
-                                  cfg.nobox_always_click)
+                                  cfg.nobox_always_click, cfg.click_rounds_max)
         clicked += sim.stage1_passes > 0
         sync = a == cfg.accum - 1 or not isinstance(tr.fwd, torch.nn.parallel.DistributedDataParallel)
         with (nullcontext() if sync else tr.fwd.no_sync()):
