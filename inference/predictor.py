@@ -223,6 +223,35 @@ def clip_z(region: tuple[slice, ...], values: np.ndarray, z_lo: int, z_hi: int
     return (slice(start, stop), *region[1:]), values[start - region[0].start: stop - region[0].start]
 
 
+def pin_points(region: tuple[slice, ...], values: np.ndarray, points: np.ndarray, value: float) -> np.ndarray:
+    """`values` over the volume `region` (z, y, x slices) with the voxels of `points` (N, 3) (z, y, x) that lie
+    inside it set to `value`; a copy when any does, `values` itself otherwise."""
+    points = np.asarray(points, np.int64).reshape(-1, 3)
+    lo = np.array([s.start for s in region])
+    hi = np.array([s.stop for s in region])
+    inside = points[np.all((points >= lo) & (points < hi), axis=1)]
+    if not len(inside):
+        return values
+    out = np.array(values, dtype=np.float32, copy=True)
+    out[tuple((inside - lo).T)] = value
+    return out
+
+
+def pin_clicks(fusion: ProductBackgroundFusion, class_id: int, pieces, fg: np.ndarray, bg: np.ndarray) -> None:
+    """Add one class's pasted pieces ((region, values), volume z, y, x) to the fusion with its clicks pinned:
+    probability 0 at its background clicks, 1 at its foreground clicks.
+
+    The organizer places a foreground click inside the object and a background click outside it, so both voxels
+    are known; a tiny object (a few voxels) that the network loses after a background click keeps its clicked
+    voxels at least."""
+    for region, values in pieces:
+        fusion.add(class_id, region, pin_points(region, values, bg, 0.0))
+    for z, y, x in np.asarray(fg, np.int64).reshape(-1, 3):
+        if not all(0 <= v < n for v, n in zip((z, y, x), fusion.shape)):
+            continue
+        fusion.add(class_id, (slice(z, z + 1), slice(y, y + 1), slice(x, x + 1)), np.ones((1, 1, 1), np.float32))
+
+
 def box_z_range(case: Case, c: int) -> tuple[int, int] | None:
     """Class index c's slice range (z_lo, z_hi) from its challenge box, widened to its foreground clicks
     (which the organizer only places on the object); None without a box."""
@@ -245,7 +274,8 @@ class Predictor:
                  max_zoom_outs: int = 3, zoom_out_factor: float = 1.5, per_class_run_s: float = 15.0,
                  verbose: bool = False, tta: int = 1, precision: str | None = None,
                  refine: RefineConfig | None = DEFAULT_REFINE if REFINE_BY_DEFAULT else None, click_update: str = DEFAULT_CLICK_UPDATE,
-                 local: LocalConfig = LocalConfig(), box_z_clip: bool = True, anchored_extent: bool = True):
+                 local: LocalConfig = LocalConfig(), box_z_clip: bool = True, anchored_extent: bool = True,
+                 pin_clicks: bool = True):
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = P.resolve(self.device, precision)  # $SEGFM_PRECISION when None
         self._autocast = P.autocast(self.device, self.precision)
@@ -267,6 +297,7 @@ class Predictor:
         self.local = local
         self.box_z_clip = box_z_clip  # challenge cases: nothing outside the box's exact slice extent
         self.anchored_extent = anchored_extent  # challenge cases: ObjectQuery.anchored
+        self.pin_clicks = pin_clicks  # challenge cases: clicked voxels keep the organizer's answer (pin_clicks)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device=None, **kw) -> "Predictor":
@@ -427,9 +458,13 @@ class Predictor:
                 continue
             window, probs = result
             z_range = box_z_range(case, c) if self.box_z_clip else None
-            for region, values in window.paste(probs):
-                piece = clip_z(region, values, *z_range) if z_range is not None else (region, values)
-                if piece is not None:
+            pieces = (clip_z(region, values, *z_range) if z_range is not None else (region, values)
+                      for region, values in window.paste(probs))
+            pieces = [p for p in pieces if p is not None]
+            if self.pin_clicks:
+                pin_clicks(fusion, c + 1, pieces, case.fg_clicks[c], case.bg_clicks[c])
+            else:
+                for piece in pieces:
                     fusion.add(c + 1, *piece)
         if self.verbose:
             counts = {B.LEVEL_NAMES[k]: levels.count(k) for k in sorted(set(levels))}

@@ -3,7 +3,8 @@
 A setting is `coarse` or `refine`, then optionally `+full`, `+local` or `+both` (the click update, default
 `full`), then optionally `+nozclip` (keep predictions outside the challenge box's slice range; default
 `+zclip` drops them), `+noanchor` (place a challenge class's window on all its prompts and its whole previous
-mask; default `+anchor`: on the positive prompts and the previous components they touch), `+tta=N` (N mirrored copies averaged per network run) and `+field=value` items that
+mask; default `+anchor`: on the positive prompts and the previous components they touch), `+nopin` (leave a
+challenge class's clicked voxels to the network; default `+pin`: foreground clicks 1, background clicks 0), `+tta=N` (N mirrored copies averaged per network run) and `+field=value` items that
 override fields of `RefineConfig` (refinement) or `LocalConfig` (prefixed `local.`), e.g. `refine+both+max_tiles=4+soft_prev=0`. The container reads
 `SEGFM_REFINE` (on/off) and `SEGFM_CLICK_UPDATE` (full/local/both).
 """
@@ -46,6 +47,7 @@ def predictor_options(name: str) -> dict[str, Any]:
     click_update = DEFAULT_CLICK_UPDATE
     box_z_clip = True
     anchored_extent = True
+    pin = True
     options: dict[str, Any] = {}
     for part in parts[1:]:
         if part in CLICK_UPDATES:
@@ -54,6 +56,8 @@ def predictor_options(name: str) -> dict[str, Any]:
             box_z_clip = part == "zclip"
         elif part in ("anchor", "noanchor"):
             anchored_extent = part == "anchor"
+        elif part in ("pin", "nopin"):
+            pin = part == "pin"
         elif "=" in part:
             key, text = part.split("=", 1)
             if key == "tta":
@@ -67,7 +71,7 @@ def predictor_options(name: str) -> dict[str, Any]:
         else:
             raise ValueError(f"setting {name!r}: unknown part {part!r}")
     return {"refine": refine, "click_update": click_update, "local": local, "box_z_clip": box_z_clip,
-            "anchored_extent": anchored_extent, **options}
+            "anchored_extent": anchored_extent, "pin_clicks": pin, **options}
 
 
 def env_options(environ: dict[str, str] | None = None) -> dict[str, Any]:

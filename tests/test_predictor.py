@@ -22,6 +22,8 @@ class ScriptedPredictor(Predictor):
         self.windows.append(window)
         if self.response == "all":
             return torch.ones(window.patch)
+        if self.response == "none":
+            return torch.zeros(window.patch)
         # foreground exactly where the box channel is
         from inference.prompts import encode
         x = encode(window, query.image, query.stats, query.prompts)
@@ -213,6 +215,30 @@ def test_everything_predicted_outside_the_box_slices_is_dropped_but_fg_clicks_wi
     clicked = _case(k=1, shape=(30, 40, 40), clicks=[{"fg": [[11, 8, 8]], "bg": []}])
     zs = np.nonzero(p.predict_case(clicked).any(axis=(1, 2)))[0]
     assert zs.min() == 2 and zs.max() == 11
+
+
+def test_clicked_voxels_keep_the_organizers_answer():
+    """A foreground click is inside the object and a background click outside it: the network's answer at those
+    voxels is overruled (a tiny lesion the network drops keeps its clicked voxel), unless +nopin."""
+    clicks = [{"fg": [[5, 8, 7]], "bg": [[6, 10, 9]]}, {"fg": [[9, 30, 35]], "bg": []}]  # class 2's: off its box
+    case = _case(k=2, clicks=clicks)
+    case.clicks_order = [["fg", "bg"], ["fg"]]
+    empty = ScriptedPredictor("none", max_zoom_outs=0).predict_case(case)
+    assert empty[5, 8, 7] == 1 and empty[9, 30, 35] == 2 and np.count_nonzero(empty) == 2
+    full = ScriptedPredictor("all", max_zoom_outs=0).predict_case(case)
+    assert full[6, 10, 9] != 1 and full[5, 8, 7] == 1
+    unpinned = ScriptedPredictor("all", max_zoom_outs=0, pin_clicks=False).predict_case(case)
+    assert unpinned[6, 10, 9] in (1, 2)
+    assert not ScriptedPredictor("none", max_zoom_outs=0, pin_clicks=False).predict_case(case).any()
+
+
+def test_pin_points_only_touches_the_points_inside_the_region():
+    from inference.predictor import pin_points
+    region = (slice(2, 4), slice(0, 3), slice(1, 3))
+    values = np.full((2, 3, 2), 0.5, np.float32)
+    out = pin_points(region, values, np.array([[3, 2, 1], [9, 9, 9]]), 1.0)
+    assert out[1, 2, 0] == 1.0 and np.count_nonzero(out != 0.5) == 1 and (values == 0.5).all()
+    assert pin_points(region, values, np.zeros((0, 3)), 1.0) is values
 
 
 def test_cpu_threads_honours_omp_num_threads():

@@ -204,8 +204,9 @@ def test_budget_drops_refinement_first_under_a_slow_network():
 
 def test_settings_names_and_environment():
     assert predictor_options("coarse+full") == {"refine": None, "click_update": "full", "local": LocalConfig(),
-                                                "box_z_clip": True, "anchored_extent": True}
+                                                "box_z_clip": True, "anchored_extent": True, "pin_clicks": True}
     assert predictor_options("coarse+noanchor")["anchored_extent"] is False
+    assert predictor_options("coarse+nopin")["pin_clicks"] is False
     opts = predictor_options("coarse+nozclip+tta=4")
     assert opts["box_z_clip"] is False and opts["tta"] == 4
     opts = predictor_options("refine+both+max_tiles=4+soft_prev=0+local.zoom=1.5")

@@ -49,8 +49,9 @@ def _session(predictor, **kw):
 def test_3d_box_and_clicks_equal_the_container_for_one_object(tiny):
     """The session is the container's per-object path; the container alone also drops what lies outside the
     challenge box's slice range (a viewer's box is not an exact extent) and places a class's window on its
-    positive prompts (a session keeps the mask outside the window, so its window must reach a background click)."""
-    container = Predictor(tiny.model, "cpu", box_z_clip=False, anchored_extent=False)
+    positive prompts (a session keeps the mask outside the window, so its window must reach a background click)
+    and pins its clicked voxels to the organizer's answer."""
+    container = Predictor(tiny.model, "cpu", box_z_clip=False, anchored_extent=False, pin_clicks=False)
     s, img, gt = _session(tiny)
     b = boxes_from_gt(gt.astype(np.uint8))[0]
     data = {"imgs": img, "spacing": np.array([1.0, 1.0, 2.0]), "boxes": [b]}
