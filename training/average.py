@@ -1,0 +1,55 @@
+"""Average the weights of several snapshots of one run (stochastic weight averaging, Izmailov et al. 2018).
+
+Snapshots taken at a constant learning rate scatter around a flat region of the loss; their mean often lies
+nearer its centre than any one of them, which is what a learning-rate decay buys, at no training cost. The
+networks here normalise with InstanceNorm, so the mean needs no recomputed batch statistics.
+
+    python -m training.average runs/d/snapshots/model_00{3,4,5}*.pt --out runs/d/swa.pt
+
+All snapshots must share one architecture; the result is a native checkpoint whose `meta.averaged_from` lists
+them (the other meta is the last snapshot's).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from inference.network import LoadedModel, load_model, save_checkpoint
+
+
+def average_models(models: Sequence[LoadedModel]) -> LoadedModel:
+    """A model whose floating-point weights are the mean of `models`' (integer buffers: the last model's)."""
+    if not models:
+        raise ValueError("nothing to average")
+    last = models[-1]
+    for m in models:
+        if m.arch != last.arch or tuple(m.patch_size) != tuple(last.patch_size):
+            raise ValueError(f"{m.source or 'a model'}: another architecture than {last.source or 'the last'}")
+    states = [m.net.state_dict() for m in models]
+    mean = {}
+    for key, value in states[-1].items():
+        if value.is_floating_point():
+            mean[key] = torch.stack([s[key].float() for s in states]).mean(0).to(value.dtype)
+        else:
+            mean[key] = value.clone()
+    last.net.load_state_dict(mean)
+    return last
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.average", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+", type=Path, help="native checkpoints (snapshots of one run)")
+    parser.add_argument("--out", required=True, type=Path, help="the averaged native checkpoint")
+    args = parser.parse_args(argv)
+    model = average_models([load_model(p) for p in args.checkpoints])
+    save_checkpoint(model, args.out, {"averaged_from": [str(p) for p in args.checkpoints]})
+    print(f"averaged {len(args.checkpoints)} checkpoints -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
