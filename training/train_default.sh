@@ -5,7 +5,7 @@
 #   A  from scratch: lr 2e-3 held to 5,600, cosine to 2e-5 at 7,600
 #   B  warm restart of the same run (optimizer kept): lr 1e-3 held to 9,000, cosine to 2e-5 at 10,400
 #   D  a new run initialised from B's weights (fresh optimizer, steps from 0, seed 5): lr 1e-3 held to
-#      6,000, cosine to 2e-5 at 8,000; 1-5 simulated click rounds per clicking batch (--click-rounds-max 5)
+#      5,000, cosine to 2e-5 at 7,000; 1-5 simulated click rounds per clicking batch (--click-rounds-max 5)
 # (C, a 5,000-step run from B scored below B on the held-out volumes and was not shipped: model card.)
 # STAGES=A (or A B) stops earlier. THREADS: torch threads (1 beside other work; 2 on an otherwise idle machine).
 set -eu
@@ -42,7 +42,7 @@ stage A "$RUN" --steps 7600 --decay-from 5600 --lr 2e-3 --warmup-steps 100 --see
 [ -f "$RUN/stage-A.done" ] && stage B "$RUN" --steps 10400 --decay-from 9000 --lr 1e-3 --warmup-steps 100 --seed 0
 [ -f "$RUN/stage-B.done" ] && [ ! -f "$RUN-d/last.pt" ] && init="--init $RUN/model.pt" || init=""
 if [ -f "$RUN/stage-B.done" ]; then
-    stage D "$RUN-d" --steps 8000 --decay-from 6000 --lr 1e-3 --warmup-steps 100 --seed 5 --click-rounds-max 5 $init
+    stage D "$RUN-d" --steps 7000 --decay-from 5000 --lr 1e-3 --warmup-steps 100 --seed 5 --click-rounds-max 5 $init
 fi
 [ -n "$final" ] || { echo "none of the stages $STAGES is ready to run"; exit 0; }
 $PY - "$final/model.pt" weights/default.pt <<'PYEOF'
