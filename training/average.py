@@ -22,7 +22,8 @@ from inference.network import LoadedModel, load_model, save_checkpoint
 
 
 def average_models(models: Sequence[LoadedModel]) -> LoadedModel:
-    """A model whose floating-point weights are the mean of `models`' (integer buffers: the last model's)."""
+    """The last of `models`, changed in place: its floating-point weights become the mean of all `models`'
+    (integer buffers keep its own)."""
     if not models:
         raise ValueError("nothing to average")
     last = models[-1]

@@ -41,9 +41,8 @@ stage A "$RUN" --steps 7600 --decay-from 5600 --lr 2e-3 --warmup-steps 100 --see
 # B continues A's run folder (its optimizer state too); --resume there is what the ledger's second row did
 [ -f "$RUN/stage-A.done" ] && stage B "$RUN" --steps 10400 --decay-from 9000 --lr 1e-3 --warmup-steps 100 --seed 0
 [ -f "$RUN/stage-B.done" ] && [ ! -f "$RUN-d/last.pt" ] && init="--init $RUN/model.pt" || init=""
-if [ -f "$RUN/stage-B.done" ]; then
-    stage D "$RUN-d" --steps 7000 --decay-from 5000 --lr 1e-3 --warmup-steps 100 --seed 5 --click-rounds-max 5 $init
-fi
+[ -f "$RUN/stage-B.done" ] && stage D "$RUN-d" --steps 7000 --decay-from 5000 --lr 1e-3 --warmup-steps 100 --seed 5 \
+    --click-rounds-max 5 $init
 [ -n "$final" ] || { echo "none of the stages $STAGES is ready to run"; exit 0; }
 $PY - "$final/model.pt" weights/default.pt <<'PYEOF'
 import sys
