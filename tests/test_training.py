@@ -197,21 +197,26 @@ def test_step_changes_weights_and_loss_falls_on_fixed_batch(cases, tmp_path):
     assert losses[-1] < losses[0]
 
 
+class Killed(Exception):
+    """Stands for a training process killed after a step."""
+
+
+def kill_at(step: int):
+    """An on_step callback that stops the run after `step`."""
+    def on_step(tr, metrics):
+        if tr.step == step:
+            raise Killed
+    return on_step
+
+
 def test_checkpoints_resume_exactly(cases, tmp_path):
     common = dict(steps=3, p_click=1.0, p_no_box=0.5, ckpt_every=2)
     full = train(tiny_cfg(cases, tmp_path / "a", **common))
     run_a = full.net.state_dict()
     losses_a = [float(r) for r in _csv(tmp_path / "a", "loss")]
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_2(tr, metrics):
-        if tr.step == 2:
-            raise Killed
-
     with pytest.raises(Killed):
-        train(tiny_cfg(cases, tmp_path / "b", **common), on_step=kill_after_2)
+        train(tiny_cfg(cases, tmp_path / "b", **common), on_step=kill_at(2))
     ck = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert ck["step"] == 2 and ck["config"]["steps"] == 3 and "optimizer" in ck and "rng" in ck
     resumed = train(tiny_cfg(cases, tmp_path / "b", resume=True), given={"resume"})
@@ -225,6 +230,29 @@ def test_checkpoints_resume_exactly(cases, tmp_path):
         m = load_model(tmp_path / "b" / name)
         assert m.patch_size == PROFILES["tiny"].patch_size and m.meta["step"] == 3
     assert (tmp_path / "b" / "curves.png").is_file() and (tmp_path / "b" / "config.json").is_file()
+
+
+def test_ema_is_the_moving_average_of_the_steps_and_resumes(cases, tmp_path):
+    common = dict(steps=3, ckpt_every=2, ema=0.5, snapshot_every=2)
+    weights = []
+    full = train(tiny_cfg(cases, tmp_path / "a", **common),
+                 on_step=lambda tr, m: weights.append({k: v.detach().clone() for k, v in tr.net.state_dict().items()}))
+    expected = {k: v.clone() for k, v in weights[0].items()}  # the first update copies the weights
+    for w in weights[1:]:
+        expected = {k: 0.5 * expected[k] + 0.5 * w[k] for k in expected}
+    ema = load_model(tmp_path / "a" / "model_ema.pt")
+    assert ema.meta["ema"] == 0.5 and ema.meta["step"] == 3
+    for k, v in ema.net.state_dict().items():
+        torch.testing.assert_close(v, expected[k], rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(v, full.net.state_dict()[k]) for k, v in ema.net.state_dict().items())
+    assert (tmp_path / "a" / "snapshots_ema" / "model_000002.pt").is_file()
+
+    with pytest.raises(Killed):
+        train(tiny_cfg(cases, tmp_path / "b", **common), on_step=kill_at(2))
+    train(tiny_cfg(cases, tmp_path / "b", resume=True), given={"resume"})
+    resumed = load_model(tmp_path / "b" / "model_ema.pt").net.state_dict()
+    for k, v in ema.net.state_dict().items():
+        assert torch.equal(resumed[k], v), k
 
 
 def _csv(folder: Path, col: str) -> list[str]:

@@ -93,6 +93,9 @@ class TrainConfig:
     poly_power: float = opt(0.9, "exponent of the poly schedule")
     dice_weight: float = opt(10.0, "loss = dice_weight * (1 - soft Dice) + BCE")
     grad_clip: float = opt(12.0, "clip the gradient norm to this (0: off)")
+    ema: float = opt(0.0, "also keep an exponential moving average of the weights with this decay per step (e.g. "
+                          "0.999: about the last 1,000 steps), written as <out>/model_ema.pt and, with "
+                          "--snapshot-every, <out>/snapshots_ema/; 0: off")
     seed: int = opt(0, "seed of the samples, clicks, coreset and initialisation")
     # ---------------------------------------------------------------- speed
     device: str = opt("auto", "cpu, cuda, cuda:N, or auto (cuda when present; LOCAL_RANK under torchrun)")
@@ -148,6 +151,8 @@ class TrainConfig:
             raise ValueError("--p-no-box + --p-viewer + --p-refine must be <= 1")
         if min(getattr(self, f"mix_{n}") for n in ("real", "synth", "pseudo", "ensemble", "procedural")) < 0:
             raise ValueError("--mix-* weights must be >= 0")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
         if self.zoom_aug_max < 1 or self.nobox_zoom_max < 1:
             raise ValueError("--zoom-aug-max and --nobox-zoom-max must be >= 1")
         self.patch_size()

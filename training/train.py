@@ -2,9 +2,10 @@
 
 A run folder holds config.json, log.csv (step, loss, Dice, samples/s, lr, validation), curves.png,
 last.pt (the training checkpoint: native model + optimiser + step + config + RNG states, read with
-torch.load(weights_only=True)) and model.pt (the native inference checkpoint, loadable by
-inference.network.load_model). `--resume` continues from last.pt with the same next step: samples
-and simulated clicks are pure functions of (seed, rank, step), and the optimiser state is restored.
+torch.load(weights_only=True)), model.pt (the native inference checkpoint, loadable by
+inference.network.load_model) and with `--ema` model_ema.pt (the moving average of the weights).
+`--resume` continues from last.pt with the same next step: samples and simulated clicks are pure functions
+of (seed, rank, step), and the optimiser state is restored.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -319,6 +320,7 @@ class Trainer:
     patch: tuple[int, int, int]
     dataset: PromptDataset
     step: int = 0
+    ema: Any = None                 # torch.optim.swa_utils.AveragedModel of `net` with --ema, else None
 
 
 def to_channels_last(net: torch.nn.Module) -> torch.nn.Module:
@@ -368,6 +370,12 @@ def setup(cfg: C.TrainConfig, given: set[str] | None = None) -> Trainer:
                                   weight_decay=cfg.weight_decay)
     autocast, amp_dtype = autocast_factory(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
+    ema = None
+    if cfg.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        if resume_ck is not None and "ema" in resume_ck:
+            ema.load_state_dict(resume_ck["ema"])
     step = 0
     if resume_ck is not None:
         optimizer.load_state_dict(resume_ck["optimizer"])
@@ -392,7 +400,8 @@ def setup(cfg: C.TrainConfig, given: set[str] | None = None) -> Trainer:
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         C.save_json(cfg, out / "config.json")
-    return Trainer(cfg, dist, device, model, net, fwd, core, optimizer, scaler, autocast, batches, patch, dataset, step)
+    return Trainer(cfg, dist, device, model, net, fwd, core, optimizer, scaler, autocast, batches, patch, dataset, step,
+                   ema)
 
 
 def train_step(tr: Trainer) -> dict[str, float]:
@@ -436,6 +445,8 @@ def train_step(tr: Trainer) -> dict[str, float]:
     else:
         tr.optimizer.step()
     tr.optimizer.zero_grad(set_to_none=True)
+    if tr.ema is not None:
+        tr.ema.update_parameters(tr.net)
     tr.step += 1
     totals["lr"] = lr
     totals["clicked"] = clicked / cfg.accum
@@ -464,6 +475,8 @@ def save_all(tr: Trainer) -> None:
     ck["replica_spread"] = spread
     if spread > 0:
         print(f"warning: DDP replicas differ by up to {spread:.3g} at step {tr.step}", file=sys.stderr)
+    if tr.ema is not None:
+        ck["ema"] = tr.ema.state_dict()
     atomic_torch_save(ck, out / "last.pt")
     if tr.cfg.keep_every > 0 and tr.step % tr.cfg.keep_every == 0:
         atomic_torch_save(ck, out / f"step_{tr.step:07d}.pt")
@@ -474,6 +487,12 @@ def save_all(tr: Trainer) -> None:
         save_checkpoint(tr.model, out / "snapshots" / f"model_{tr.step:06d}.pt", meta)
     if tr.cfg.export:
         save_checkpoint(tr.model, tr.cfg.export, meta)
+    if tr.ema is not None:
+        averaged = replace(tr.model, net=tr.ema.module)
+        meta_ema = {**meta, "ema": tr.cfg.ema}
+        save_checkpoint(averaged, out / "model_ema.pt", meta_ema)
+        if tr.cfg.snapshot_every > 0 and tr.step % tr.cfg.snapshot_every == 0:
+            save_checkpoint(averaged, out / "snapshots_ema" / f"model_{tr.step:06d}.pt", meta_ema)
 
 
 _VAL_CASES: dict[tuple[str, int], Any] = {}
