@@ -6,6 +6,8 @@
 #   B  warm restart of the same run (optimizer kept): lr 1e-3 held to 9,000, cosine to 2e-5 at 10,400
 #   D  a new run initialised from B's weights (fresh optimizer, steps from 0, seed 5): lr 1e-3 held to
 #      5,000, cosine to 2e-5 at 7,000; 1-5 simulated click rounds per clicking batch (--click-rounds-max 5)
+#   E  a new run initialised from D's weights (fresh optimizer, seed 7): lr 5e-4 held to 2,800, cosine to
+#      1e-5 at 4,200; 1-5 click rounds; an EMA of the weights (model_ema.pt, not shipped) beside
 # (C, a 5,000-step run from B scored below B on the held-out volumes and was not shipped: model card.)
 # STAGES=A (or A B) stops earlier. THREADS: torch threads (1 beside other work; 2 on an otherwise idle machine).
 set -eu
@@ -13,7 +15,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 RUN=${RUN:-runs/default}
 PROFILE=${PROFILE:-lite}
-STAGES=${STAGES:-A B D}
+STAGES=${STAGES:-A B D E}
 THREADS=${THREADS:-1}
 export OMP_WAIT_POLICY=PASSIVE  # idle OpenMP threads sleep instead of spinning on a core other work needs
 $PY -m training.pseudo --data data/train data/images --out .cache/pseudo   # supervoxels, once per volume
@@ -43,6 +45,9 @@ stage A "$RUN" --steps 7600 --decay-from 5600 --lr 2e-3 --warmup-steps 100 --see
 [ -f "$RUN/stage-B.done" ] && [ ! -f "$RUN-d/last.pt" ] && init="--init $RUN/model.pt" || init=""
 [ -f "$RUN/stage-B.done" ] && stage D "$RUN-d" --steps 7000 --decay-from 5000 --lr 1e-3 --warmup-steps 100 --seed 5 \
     --click-rounds-max 5 $init
+[ -f "$RUN-d/stage-D.done" ] && [ ! -f "$RUN-e/last.pt" ] && init="--init $RUN-d/model.pt" || init=""
+[ -f "$RUN-d/stage-D.done" ] && stage E "$RUN-e" --steps 4200 --decay-from 2800 --lr 5e-4 --warmup-steps 100 --seed 7 \
+    --min-lr 1e-5 --click-rounds-max 5 --ema 0.999 $init
 [ -n "$final" ] || { echo "none of the stages $STAGES is ready to run"; exit 0; }
 $PY - "$final/model.pt" weights/default.pt <<'PYEOF'
 import sys
