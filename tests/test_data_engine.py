@@ -14,7 +14,7 @@ from training.augment import SpatialOptions, seeded, spatial
 from training.data import (PROMPT_KINDS, CaseStore, SampleOptions, list_cases, make_sample, prepare_case,
                            render_sample, write_synthetic_cases)
 from training.mixture import SOURCE_NAMES, Mixture, Sources
-from training.pseudo import supervoxels
+from training.pseudo import build as build_pseudo, supervoxels
 from training.shapes import ensemble, procedural
 from training.synth import paint
 
@@ -65,6 +65,18 @@ def test_generators_are_deterministic_from_their_seed():
     sv = supervoxels(image, np.ones(3), 20)
     np.testing.assert_array_equal(sv, supervoxels(image, np.ones(3), 20))
     assert sv.max() >= 5 and np.array_equal(np.unique(sv[sv > 0]), np.arange(1, sv.max() + 1))
+
+
+def test_pseudo_cache_is_the_same_from_parallel_jobs(tmp_path):
+    write_synthetic_cases(tmp_path / "cases", n=2, shape=(24, 32, 32), n_classes=2, seed=4)
+    paths = list_cases(tmp_path / "cases")
+    one = build_pseudo(paths, tmp_path / "one", scales=(10, 30), progress=False)
+    two = build_pseudo(paths, tmp_path / "two", scales=(10, 30), progress=False, jobs=2)
+    assert [p.name for p in one] == [p.name for p in two] and len(one) == 4
+    for a, b in zip(one, two):
+        with np.load(a) as x, np.load(b) as y:
+            np.testing.assert_array_equal(x["gts"], y["gts"])
+            np.testing.assert_array_equal(x["imgs"], y["imgs"])
 
 
 @pytest.mark.parametrize("source", ["real", "synth", "ensemble", "procedural"])

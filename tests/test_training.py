@@ -180,6 +180,8 @@ def test_lr_schedules():
     assert lr_at(99, cfg) < 0.01
     assert lr_at(50, replace(cfg, schedule="constant")) == 1.0
     assert 0 < lr_at(55, replace(cfg, schedule="poly")) < 1.0
+    assert lr_at(20, cfg, clock_step=99) == lr_at(99, cfg) and lr_at(60, cfg, clock_step=20) == lr_at(60, cfg)
+    assert lr_at(5, cfg, clock_step=99) == pytest.approx(0.6)  # the warm-up counts real steps
 
 
 # ---------------------------------------------------------------------- steps, checkpoints, resume
@@ -253,6 +255,20 @@ def test_ema_is_the_moving_average_of_the_steps_and_resumes(cases, tmp_path):
     resumed = load_model(tmp_path / "b" / "model_ema.pt").net.state_dict()
     for k, v in ema.net.state_dict().items():
         assert torch.equal(resumed[k], v), k
+
+
+def test_time_limit_ends_the_run_on_time_with_the_decay_done(cases, tmp_path):
+    seconds = itertools.count()  # a clock that reads one second later at every reading
+    cfg = tiny_cfg(cases, tmp_path / "a", steps=1000, schedule="cosine", lr=1e-3, min_lr=0.0, ckpt_every=1000,
+                   time_limit_min=0.25)
+    tr = train(cfg, clock=lambda: float(next(seconds)))
+    assert 2 <= tr.step < 20  # 15 s of this clock, a few readings per step
+    assert load_model(tmp_path / "a" / "model.pt").meta["step"] == tr.step  # saved though no checkpoint was due
+    assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["step"] == tr.step
+    lrs = [float(v) for v in _csv(tmp_path / "a", "lr")]
+    steps = [int(v) for v in _csv(tmp_path / "a", "step")]
+    assert steps == list(range(1, tr.step + 1))  # every step logged, the last one too
+    assert all(b <= a for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.1 * lrs[0]  # the decay follows the clock
 
 
 def _csv(folder: Path, col: str) -> list[str]:

@@ -96,6 +96,10 @@ class TrainConfig:
     ema: float = opt(0.0, "also keep an exponential moving average of the weights with this decay per step (e.g. "
                           "0.999: about the last 1,000 steps), written as <out>/model_ema.pt and, with "
                           "--snapshot-every, <out>/snapshots_ema/; 0: off")
+    time_limit_min: float = opt(0.0, "wall-clock budget of this invocation's training loop in minutes (0: none): "
+                                     "the schedule then runs on whichever clock is further along, the step count "
+                                     "or the elapsed share of the budget (so the cosine/poly decay ends on time), "
+                                     "and the run stops and saves when the budget is spent (GPU sprints)")
     seed: int = opt(0, "seed of the samples, clicks, coreset and initialisation")
     # ---------------------------------------------------------------- speed
     device: str = opt("auto", "cpu, cuda, cuda:N, or auto (cuda when present; LOCAL_RANK under torchrun)")

@@ -66,38 +66,49 @@ def _key(path: Path, n_segments: int, max_voxels: float) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
+def build_one(path: Path, n: int, out: Path, max_voxels: float) -> Path | None:
+    """Write `<out>/<stem>-sv<n>.npz` (+ .json) for one image unless already there; None when it has no image
+    or no supervoxel."""
+    dest = out / f"{path.stem}-sv{n}.npz"
+    meta = out / f"{path.stem}-sv{n}.json"
+    key = _key(path, n, max_voxels)
+    if dest.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
+        return dest
+    with np.load(path, allow_pickle=False) as z:
+        if "imgs" not in z.files:
+            return None
+        image, spacing = z["imgs"], np.asarray(z["spacing"], float)
+    small, sp = reduce_grid(image, spacing, max_voxels)
+    t0 = time.perf_counter()
+    labels = supervoxels(small, sp, n)
+    if labels.max() == 0:
+        return None
+    tmp = dest.with_name(f".{dest.stem}.tmp{os.getpid()}.npz")
+    np.savez_compressed(tmp, imgs=np.clip(np.round(small), 0, 255).astype(np.uint8), gts=labels, spacing=sp)
+    os.replace(tmp, dest)
+    meta.write_text(json.dumps({"key": key, "source": path.name, "segments": n, "labels": {
+        str(i): f"supervoxel {i}" for i in range(1, int(labels.max()) + 1)},
+        "shape_zyx": list(small.shape), "seconds": round(time.perf_counter() - t0, 2)}, indent=1))
+    return dest
+
+
 def build(paths: Sequence[Path], out: Path, scales: Sequence[int] = (60, 300), max_voxels: float = 2e6,
-          progress: bool = True) -> list[Path]:
-    """Write `<out>/<stem>-sv<N>.npz` for each image and scale unless already there; returns every file."""
+          progress: bool = True, jobs: int = 1) -> list[Path]:
+    """Write `<out>/<stem>-sv<N>.npz` for each image and scale unless already there; returns every file.
+    `jobs` > 1: that many processes, the same files."""
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    jobs = [(p, n) for p in paths for n in scales]
-    for path, n in tqdm(jobs, desc="supervoxels", disable=not progress, file=sys.stderr):
-        dest = out / f"{path.stem}-sv{n}.npz"
-        meta = out / f"{path.stem}-sv{n}.json"
-        key = _key(path, n, max_voxels)
-        if dest.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
-            written.append(dest)
-            continue
-        with np.load(path, allow_pickle=False) as z:
-            if "imgs" not in z.files:
-                continue
-            image, spacing = z["imgs"], np.asarray(z["spacing"], float)
-        small, sp = reduce_grid(image, spacing, max_voxels)
-        t0 = time.perf_counter()
-        labels = supervoxels(small, sp, n)
-        if labels.max() == 0:
-            continue
-        tmp = dest.with_name(f".{dest.stem}.tmp{os.getpid()}.npz")
-        np.savez_compressed(tmp, imgs=np.clip(np.round(small), 0, 255).astype(np.uint8), gts=labels, spacing=sp)
-        os.replace(tmp, dest)
-        meta.write_text(json.dumps({"key": key, "source": path.name, "segments": n, "labels": {
-            str(i): f"supervoxel {i}" for i in range(1, int(labels.max()) + 1)},
-            "shape_zyx": list(small.shape), "seconds": round(time.perf_counter() - t0, 2)}, indent=1))
-        written.append(dest)
-    return written
+    tasks = [(p, n) for p in paths for n in scales]
+    bar = dict(total=len(tasks), desc="supervoxels", disable=not progress, file=sys.stderr)
+    if jobs <= 1:
+        done = [build_one(p, n, out, max_voxels) for p, n in tqdm(tasks, **bar)]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(jobs) as pool:
+            done = list(tqdm(pool.map(build_one, *zip(*tasks), [out] * len(tasks), [max_voxels] * len(tasks)),
+                             **bar))
+    return [d for d in done if d is not None]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,9 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default=".cache/pseudo", help="cache folder (default: .cache/pseudo)")
     ap.add_argument("--scales", type=int, nargs="+", default=[60, 300], help="supervoxels per volume (default 60 300)")
     ap.add_argument("--max-voxels", type=float, default=2e6, help="grid size limit for SLIC (default 2e6)")
+    ap.add_argument("--jobs", type=int, default=1, help="processes (default 1; e.g. the cores of a GPU machine)")
     args = ap.parse_args(argv)
     paths = [p for d in args.data if Path(d).exists() for p in list_cases(d)]
-    files = build(paths, Path(args.out), args.scales, args.max_voxels)
+    files = build(paths, Path(args.out), args.scales, args.max_voxels, jobs=args.jobs)
     print(f"{len(files)} pseudo-label cases in {args.out}")
     return 0
 

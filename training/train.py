@@ -171,15 +171,16 @@ def check_patch(patch: tuple[int, int, int], model: LoadedModel) -> None:
 
 
 # ---------------------------------------------------------------------- schedule
-def lr_at(step: int, cfg: C.TrainConfig) -> float:
-    """Learning rate of optimiser step `step` (0-based): linear warm-up, then constant, cosine or poly."""
+def lr_at(step: int, cfg: C.TrainConfig, clock_step: int | None = None) -> float:
+    """Learning rate of optimiser step `step` (0-based): linear warm-up, then constant, cosine or poly. The decay
+    follows `clock_step` when given (the step the wall clock has reached under --time-limit-min)."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
     start = max(cfg.warmup_steps, cfg.decay_from)
     span = max(1, cfg.steps - start)
-    t = min(1.0, max(0.0, (step - start) / span))
+    t = min(1.0, max(0.0, ((step if clock_step is None else max(step, clock_step)) - start) / span))
     if cfg.schedule == "cosine":
         return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
     if cfg.schedule == "poly":
@@ -321,6 +322,7 @@ class Trainer:
     dataset: PromptDataset
     step: int = 0
     ema: Any = None                 # torch.optim.swa_utils.AveragedModel of `net` with --ema, else None
+    clock_step: int | None = None   # under --time-limit-min: the step the wall clock has reached (schedule_clock)
 
 
 def to_channels_last(net: torch.nn.Module) -> torch.nn.Module:
@@ -407,7 +409,7 @@ def setup(cfg: C.TrainConfig, given: set[str] | None = None) -> Trainer:
 def train_step(tr: Trainer) -> dict[str, float]:
     """One optimiser step (accum forward passes); returns the averaged metrics."""
     cfg, dev = tr.cfg, tr.device
-    lr = lr_at(tr.step, cfg)
+    lr = lr_at(tr.step, cfg, tr.clock_step)
     for group in tr.optimizer.param_groups:
         group["lr"] = lr
     predict = make_predict(tr.stage1, tr.autocast)
@@ -548,10 +550,22 @@ def run_validation(tr: Trainer) -> dict[str, float]:
     return validate(tr.model, tr.cfg.val_data, tr.device, tr.cfg.val_max_cases, tr.cfg.val_max_classes)
 
 
+def schedule_clock(elapsed_s: float, cfg: C.TrainConfig, start_step: int, dist: Dist, device: torch.device) -> int:
+    """Under --time-limit-min: the step the wall clock has reached, start_step + (elapsed share of the budget) x
+    (steps still to go); cfg.steps once the budget is spent. Ranks agree (the largest elapsed time wins)."""
+    share = elapsed_s / (60.0 * cfg.time_limit_min)
+    if dist.world > 1:
+        t = torch.tensor([share], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        share = float(t.item())
+    return cfg.steps if share >= 1.0 else start_step + int(share * (cfg.steps - start_step))
+
+
 def train(cfg: C.TrainConfig, given: set[str] | None = None,
-          on_step: Callable[[Trainer, dict[str, float]], None] | None = None) -> Trainer:
-    """Run (or resume) training to cfg.steps; `on_step(trainer, metrics)` is called after every step
-    (after its logging, checkpoint and validation)."""
+          on_step: Callable[[Trainer, dict[str, float]], None] | None = None,
+          clock: Callable[[], float] = time.perf_counter) -> Trainer:
+    """Run (or resume) training to cfg.steps (or to the end of --time-limit-min); `on_step(trainer, metrics)` is
+    called after every step (after its logging, checkpoint and validation); `clock` reads seconds."""
     tr = setup(cfg, given)
     cfg = tr.cfg
     log = RunLog(Path(cfg.out), tr.step if tr.step > 0 else None) if tr.dist.main else None
@@ -560,43 +574,61 @@ def train(cfg: C.TrainConfig, given: set[str] | None = None,
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, initial=tr.step, desc="train", dynamic_ncols=True, file=sys.stderr)
     acc: dict[str, float] = {}
-    n_acc, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
+    n_acc, t_last, t0 = 0, clock(), clock()
     samples_per_step = cfg.batch_size * cfg.accum * tr.dist.world
+    start_step, saved = tr.step, True
+
+    def write_row(now: float, lr: float) -> None:  # a log.csv row: the metrics averaged since the last one
+        nonlocal acc, n_acc, t_last
+        row = {k: v / n_acc for k, v in acc.items()}
+        row.update(step=tr.step, samples_per_s=samples_per_step * n_acc / max(now - t_last, 1e-9),
+                   s_per_step=(now - t_last) / n_acc, lr=lr, elapsed_s=now - t0)
+        log.write(row)
+        acc, n_acc, t_last = {}, 0, clock()
+
     while tr.step < cfg.steps:
+        if cfg.time_limit_min > 0:
+            tr.clock_step = schedule_clock(clock() - t0, cfg, start_step, tr.dist, tr.device)
+            if tr.clock_step >= cfg.steps:
+                break
         metrics = train_step(tr)
+        saved = False
         for k, v in metrics.items():
             acc[k] = acc.get(k, 0.0) + v
         n_acc += 1
-        now = time.perf_counter()
+        now = clock()
         sps = samples_per_step * n_acc / max(now - t_last, 1e-9)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", dice=f"{metrics['dice']:.3f}", sps=f"{sps:.2f}",
                             lr=f"{metrics['lr']:.2e}")
         if log is not None and (tr.step % cfg.log_every == 0 or tr.step == cfg.steps):
-            row = {k: v / n_acc for k, v in acc.items()}
-            row.update(step=tr.step, samples_per_s=sps, s_per_step=(now - t_last) / n_acc, lr=metrics["lr"],
-                       elapsed_s=now - t0)
-            log.write(row)
-            acc, n_acc, t_last = {}, 0, time.perf_counter()
+            write_row(now, metrics["lr"])
         if tr.step % cfg.ckpt_every == 0 or tr.step == cfg.steps:
             save_all(tr)
+            saved = True
             if log is not None:
                 log.plot()
         val_due = cfg.val_data and ((cfg.val_every > 0 and tr.step % cfg.val_every == 0) or tr.step == cfg.steps)
         if val_due:
-            t_val = time.perf_counter()
+            t_val = clock()
             res = run_validation(tr)
             if log is not None and res:
                 log.write({"step": tr.step, **res})
                 log.plot()
                 if bar is not None:
                     bar.write(f"step {tr.step}: validation " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()))
-            t_last += time.perf_counter() - t_val  # validation time is not training throughput
+            t_last += clock() - t_val  # validation time is not training throughput
         if tr.dist.world > 1 and val_due:
             torch.distributed.barrier()
         if on_step is not None:
             on_step(tr, metrics)
+    if not saved:  # the time budget ended the run between checkpoints
+        if log is not None and n_acc:
+            write_row(clock(), metrics["lr"])
+        save_all(tr)
+        if log is not None:
+            log.plot()
     if bar is not None:
         bar.close()
     return tr

@@ -1,0 +1,41 @@
+#!/bin/sh
+# One GPU sprint (docs/training.md "A GPU sprint"): runs ON the `device` tool's machine, in the repository root,
+# after training/sprint_bundle.sh packed wheels and data into .sprint/1 and .sprint/2 here and two calls carried
+# them there. Trains from weights/default.pt for MINUTES of wall clock (the schedule ends on time:
+# --time-limit-min) with every core but one generating samples, and leaves model.pt, model_ema.pt, log.csv,
+# config.json and curves.png in $OUT (each under the tool's 16 MiB). Score them here before shipping anything.
+# Local dry run: DEVICE=cpu WORKERS=1 BATCH=2 MINUTES=0.5 SKIP_INSTALL=1 OUT=/tmp/sprint sh training/gpu_sprint.sh
+set -eu
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:?set OUT to the folder the results go to}
+MINUTES=${MINUTES:-6}
+DEVICE=${DEVICE:-cuda}
+BATCH=${BATCH:-16}
+LR=${LR:-5e-4}
+INIT=${INIT:-weights/default.pt}
+WORKERS=${WORKERS:-$(($(nproc) - 1))}
+export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
+t0=$(date +%s)
+if [ ! -d data/train ]; then
+    cat .sprint/1/part00 .sprint/2/part01 | tar -xf -   # data/train data/labelmaps data/images .sprint/whl
+fi
+if [ -z "${SKIP_INSTALL:-}" ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .sprint/whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+$PY -m training.pseudo --jobs "$(nproc)" --data data/train data/images --out .cache/pseudo
+echo "setup took $(($(date +%s) - t0)) s; training for $MINUTES min"
+run=/tmp/sprint-run
+rm -rf "$run"
+# the nominal 100,000 steps only set the schedule's shape: lr held for 30 % of the time, cosine to 1e-5 at the end
+$PY -m training --data data/train --labelmaps data/labelmaps --pseudo .cache/pseudo --profile lite --out "$run" \
+    --init "$INIT" --device "$DEVICE" --threads 2 --batch-size "$BATCH" --num-workers "$WORKERS" --lr "$LR" --warmup-steps 100 \
+    --schedule cosine --steps 100000 --decay-from 30000 --min-lr 1e-5 --time-limit-min "$MINUTES" --flip \
+    --p-refine 0.1 --click-rounds-max 5 --ema 0.999 --seed "${SEED:-11}" --ckpt-every 500 --log-every 20 --no-progress
+mkdir -p "$OUT"
+for f in model.pt model_ema.pt log.csv config.json curves.png; do
+    [ -f "$run/$f" ] && cp "$run/$f" "$OUT/"
+done
+echo "sprint done in $(($(date +%s) - t0)) s"; ls -la "$OUT"
