@@ -2,8 +2,9 @@
 
 Reads the model card's ledger of full held-out scores (`docs/heldout_ledger.csv`: one row per scored model, the
 cumulative steps and step-hours of its lineage, DSC_Final per held-out volume with and without box, all scored
-with the same evaluation code and settings; optional columns mean_box / mean_nobox: the harness's mean) and writes a PNG: one panel per box mode, one line per volume and
-their mean; open markers for models scored but not shipped.
+with the same evaluation code and settings; optional columns mean_box / mean_nobox: the harness's mean) and
+writes a PNG: one panel per box mode, one line per volume and their mean; open markers for models scored but
+not shipped.
 """
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ def plot(rows: list[dict], out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     hours = [r["step_hours"] for r in rows]
     for ax, mode in zip(axes, MODES):
-        for name, style in [(v, "-") for v in VOLUMES] + [("mean", "-")]:
+        for name in (*VOLUMES, "mean"):
             ys = [r[f"{name}_{mode}"] for r in rows]
-            line, = ax.plot(hours, ys, style, lw=2.5 if name == "mean" else 1.2, label=name)
+            line, = ax.plot(hours, ys, "-", lw=2.5 if name == "mean" else 1.2, label=name)
             for r, y in zip(rows, ys):
                 ax.plot(r["step_hours"], y, "o", color=line.get_color(),
                         mfc=line.get_color() if r["shipped"] else "white")

@@ -105,9 +105,10 @@ def build(paths: Sequence[Path], out: Path, scales: Sequence[int] = (60, 300), m
         done = [build_one(p, n, out, max_voxels) for p, n in tqdm(tasks, **bar)]
     else:
         from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
         with ProcessPoolExecutor(jobs) as pool:
-            done = list(tqdm(pool.map(build_one, *zip(*tasks), [out] * len(tasks), [max_voxels] * len(tasks)),
-                             **bar))
+            one = partial(build_one, out=out, max_voxels=max_voxels)
+            done = list(tqdm(pool.map(one, [p for p, _ in tasks], [n for _, n in tasks]), **bar))
     return [d for d in done if d is not None]
 
 

@@ -55,7 +55,7 @@ stage A "$RUN" --steps 7600 --decay-from 5600 --lr 2e-3 --warmup-steps 100 --see
     --min-lr 1e-5 --click-rounds-max 5 --ema 0.999 $init
 [ -n "$final" ] || { echo "none of the stages $STAGES is ready to run"; exit 0; }
 shipped="$final/model.pt"
-case "$final" in *-f) shipped="$final/model_ema.pt" ;; esac  # stage F ships its moving average
+[ "$final" = "$RUN-f" ] && shipped="$final/model_ema.pt"  # stage F ships its moving average
 $PY - "$shipped" weights/default.pt <<'PYEOF'
 import sys
 from inference.network import load_model, save_checkpoint
