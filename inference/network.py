@@ -7,7 +7,9 @@ for GPUs and warm start) and `lite` (sized for CPU inference).
 
 A native checkpoint is one file loaded with `torch.load(weights_only=True)`:
     {"format": FORMAT, "arch": {...plain kwargs, op names as strings...}, "patch_size": [z, y, x],
-     "channels": CHANNELS, "normalization": "zscore", "state_dict": {...}, "meta": {...}}
+     "channels": CHANNELS, "normalization": "zscore", "state_dict": {...}, "meta": {...}, "members": n}
+With members > 1 (absent: 1) the file is an `Ensemble` of n networks of that architecture whose logits are
+averaged (`python -m training.average --ensemble`); inference treats it as one network.
 nnInteractive v1.0's published folder (`plans.json`, `fold_*/checkpoint_final.pth`) loads too.
 """
 from __future__ import annotations
@@ -122,6 +124,28 @@ def build_network(arch: dict[str, Any]) -> nn.Module:
     return net
 
 
+class Ensemble(nn.Module):
+    """Several networks of one architecture run on the same input; the output is the mean of their logits
+    (B, 2, z, y, x). Its state_dict keys are `members.<i>.<key>`."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.members[0](x)
+        for m in self.members[1:]:
+            out = out + m(x)
+        return out / len(self.members)
+
+
+def member_count(net: nn.Module) -> int:
+    """1 for a single network, the number of members for an `Ensemble`."""
+    return len(net.members) if isinstance(net, Ensemble) else 1
+
+
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
@@ -166,6 +190,7 @@ def checkpoint_dict(model: LoadedModel, extra_meta: dict[str, Any] | None = None
         "num_classes": 2,
         "state_dict": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
         "meta": meta,
+        "members": member_count(model.net),
     }
 
 
@@ -201,7 +226,8 @@ def _from_native(ckpt: dict[str, Any], source: str) -> LoadedModel:
             raise ValueError(f"{source}: checkpoint lacks '{key}'")
     if ckpt.get("channels", CHANNELS) != CHANNELS:
         raise ValueError(f"{source}: unsupported channel layout {ckpt.get('channels')}")
-    net = build_network(ckpt["arch"])
+    n = int(ckpt.get("members", 1))
+    net = build_network(ckpt["arch"]) if n == 1 else Ensemble([build_network(ckpt["arch"]) for _ in range(n)])
     net.load_state_dict(ckpt["state_dict"])
     meta = dict(ckpt.get("meta", {}))
     return LoadedModel(net, tuple(int(v) for v in ckpt["patch_size"]), ckpt["arch"], meta, source)

@@ -1,4 +1,4 @@
-"""Averaging the weights of snapshots (training/average.py)."""
+"""Averaging the weights of snapshots, and ensembles of models (training/average.py)."""
 import pytest
 import torch
 
@@ -26,3 +26,56 @@ def test_models_of_different_architectures_are_refused():
         average_models([new_model("tiny"), new_model("lite")])
     with pytest.raises(ValueError):
         average_models([])
+
+
+def test_an_ensemble_averages_the_members_logits_and_runs_a_case(tmp_path):
+    import numpy as np
+
+    from inference.case_io import parse_case
+    from inference.network import Ensemble, member_count
+    from inference.predictor import Predictor
+
+    a, b, c = (new_model("tiny", seed=s) for s in (1, 2, 3))
+    paths = []
+    for i, m in enumerate((a, b, c)):
+        paths.append(tmp_path / f"model_{i}.pt")
+        save_checkpoint(m, paths[-1], {"step": i})
+    assert main([str(paths[0]), str(paths[1]), "--ensemble", "--out", str(tmp_path / "ab.pt")]) == 0
+    # an ensemble given to --ensemble is flattened into its members
+    assert main([str(tmp_path / "ab.pt"), str(paths[2]), "--ensemble", "--out", str(tmp_path / "abc.pt")]) == 0
+    ens = load_model(tmp_path / "abc.pt")
+    assert isinstance(ens.net, Ensemble) and member_count(ens.net) == 3 and member_count(a.net) == 1
+    assert ens.meta["ensemble_of"] == [str(tmp_path / "ab.pt"), str(paths[2])]
+    x = torch.randn(2, 8, *ens.patch_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = (a.net(x) + b.net(x) + c.net(x)) / 3
+        torch.testing.assert_close(ens.net(x), want, rtol=1e-5, atol=1e-6)
+
+    rng = np.random.default_rng(0)
+    data = {"imgs": rng.integers(0, 255, (20, 40, 40), dtype=np.uint8), "spacing": np.ones(3),
+            "boxes": [{"z_min": 2, "z_max": 8, "z_mid": 5, "z_mid_x_min": 5, "z_mid_y_min": 4, "z_mid_x_max": 10,
+                       "z_mid_y_max": 12}]}
+    segs = Predictor(ens, "cpu", max_zoom_outs=0).predict_case(parse_case(data, "CT_test.npz"))
+    assert segs.shape == (20, 40, 40) and set(np.unique(segs)) <= {0, 1}
+
+
+def test_an_ensemble_is_not_trained_and_needs_one_architecture(tmp_path):
+    from training import config as C
+    from training.average import ensemble_models
+    from training.train import initial_model
+
+    with pytest.raises(ValueError, match="architecture"):
+        ensemble_models([new_model("tiny"), new_model("lite")])
+    with pytest.raises(ValueError, match="two"):
+        ensemble_models([new_model("tiny")])
+    save_checkpoint(ensemble_models([new_model("tiny", seed=1), new_model("tiny", seed=2)]), tmp_path / "e.pt")
+    with pytest.raises(ValueError, match="ensemble of 2"):
+        initial_model(C.TrainConfig(init=str(tmp_path / "e.pt")))
+
+
+def test_an_ensemble_is_not_grown():
+    from training.average import ensemble_models
+    from training.grow import grow
+
+    with pytest.raises(ValueError, match="ensemble of 2"):
+        grow(ensemble_models([new_model("tiny", seed=1), new_model("tiny", seed=2)]), "tiny")

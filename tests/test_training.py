@@ -13,10 +13,10 @@ from evaluation.boxes import boxes_from_gt
 from evaluation.clicks import simulate_click
 from inference.network import CHANNELS, PROFILES, load_model, new_model
 from training import config as C
-from training.data import (CaseStore, SampleOptions, StreamSampler, list_cases, make_sample, modality_of,
-                           organizer_box, select_coreset, write_synthetic_cases)
+from training.data import (PROMPT_KINDS, CaseStore, SampleOptions, StreamSampler, list_cases, make_sample,
+                           modality_of, organizer_box, select_coreset, write_synthetic_cases)
 from training.simulate import place_click, segmentation_loss, simulate_prompts
-from training.train import lr_at, setup, train, train_step
+from training.train import GROUPS, add_group_dice, group_means, lr_at, setup, train, train_step
 
 from nninteractive_format import write_nninteractive_folder
 
@@ -269,6 +269,21 @@ def test_time_limit_ends_the_run_on_time_with_the_decay_done(cases, tmp_path):
     steps = [int(v) for v in _csv(tmp_path / "a", "step")]
     assert steps == list(range(1, tr.step + 1))  # every step logged, the last one too
     assert all(b <= a for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.1 * lrs[0]  # the decay follows the clock
+
+
+def test_training_dice_is_logged_per_source_and_prompt_kind(cases, tmp_path):
+    totals: dict[str, float] = {}
+    add_group_dice(totals, np.array([0.2, 0.6]), {"source": torch.tensor([0, 2]), "kind": torch.tensor([1, 1])})
+    add_group_dice(totals, np.array([1.0, 0.4]), {"source": torch.tensor([0, 0]), "kind": torch.tensor([0, 1])})
+    means = group_means(totals)
+    assert means == pytest.approx({"dice_real": 1.6 / 3, "dice_pseudo": 0.6, "dice_nobox": 0.4, "dice_box": 1.0})
+
+    train(tiny_cfg(cases, tmp_path / "a", steps=2, log_every=2, p_no_box=0.5))  # real images only
+    dice = float(_csv(tmp_path / "a", "dice")[0])
+    assert float(_csv(tmp_path / "a", "dice_real")[0]) == pytest.approx(dice, abs=1e-5)
+    assert _csv(tmp_path / "a", "dice_synth") == []  # a source without samples leaves its column blank
+    kinds = [float(v) for k in GROUPS if k.removeprefix("dice_") in PROMPT_KINDS for v in _csv(tmp_path / "a", k)]
+    assert kinds and all(0.0 <= v <= 1.0 for v in kinds)
 
 
 def _csv(folder: Path, col: str) -> list[str]:

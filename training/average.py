@@ -1,4 +1,5 @@
-"""Average the weights of several snapshots of one run (stochastic weight averaging, Izmailov et al. 2018).
+"""Average the weights of several snapshots of one run (stochastic weight averaging, Izmailov et al. 2018), or
+keep several models as an ensemble.
 
 Snapshots taken at a constant learning rate scatter around a flat region of the loss; their mean often lies
 nearer its centre than any one of them, which is what a learning-rate decay buys, at no training cost. The
@@ -8,6 +9,13 @@ networks here normalise with InstanceNorm, so the mean needs no recomputed batch
 
 All snapshots must share one architecture; the result is a native checkpoint whose `meta.averaged_from` lists
 them (the other meta is the last snapshot's).
+
+With `--ensemble` the networks are kept side by side instead (`inference.network.Ensemble`): every prediction
+runs each of them and averages their logits. That costs one network run per member at inference, and suits
+models of different runs, whose weights need not lie in one basin (so their weight mean may be worse than
+either):
+
+    python -m training.average --ensemble runs/f/model_ema.pt runs/g/model.pt --out runs/ens_fg.pt
 """
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from inference.network import LoadedModel, load_model, save_checkpoint
+from inference.network import Ensemble, LoadedModel, load_model, member_count, save_checkpoint
 
 
 def average_models(models: Sequence[LoadedModel]) -> LoadedModel:
@@ -41,14 +49,36 @@ def average_models(models: Sequence[LoadedModel]) -> LoadedModel:
     return last
 
 
+def ensemble_models(models: Sequence[LoadedModel]) -> LoadedModel:
+    """One model whose network is an `Ensemble` of `models`' networks (same architecture and patch; meta of the
+    last). Members that are ensembles themselves are flattened."""
+    if len(models) < 2:
+        raise ValueError("an ensemble needs at least two checkpoints")
+    last = models[-1]
+    members = []
+    for m in models:
+        if m.arch != last.arch or tuple(m.patch_size) != tuple(last.patch_size):
+            raise ValueError(f"{m.source or 'a model'}: another architecture than {last.source or 'the last'}")
+        members.extend(m.net.members if isinstance(m.net, Ensemble) else [m.net])
+    return LoadedModel(Ensemble(members).eval(), last.patch_size, last.arch, dict(last.meta), last.source)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.average", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path, help="native checkpoints (snapshots of one run)")
     parser.add_argument("--out", required=True, type=Path, help="the averaged native checkpoint")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="keep the networks and average their logits at every prediction (an ensemble) "
+                             "instead of averaging their weights")
     args = parser.parse_args(argv)
-    model = average_models([load_model(p) for p in args.checkpoints])
-    save_checkpoint(model, args.out, {"averaged_from": [str(p) for p in args.checkpoints]})
-    print(f"averaged {len(args.checkpoints)} checkpoints -> {args.out}")
+    models = [load_model(p) for p in args.checkpoints]
+    sources = [str(p) for p in args.checkpoints]
+    if args.ensemble:
+        save_checkpoint(ensemble_models(models), args.out, {"ensemble_of": sources})
+        print(f"ensemble of {member_count(load_model(args.out).net)} networks -> {args.out}")
+    else:
+        save_checkpoint(average_models(models), args.out, {"averaged_from": sources})
+        print(f"averaged {len(args.checkpoints)} checkpoints -> {args.out}")
     return 0
 
 

@@ -43,6 +43,11 @@ class TrainConfig:
     mix_pseudo: float = opt(0.1, "sampling weight of supervoxel pseudo-labels on real images")
     mix_ensemble: float = opt(0.1, "sampling weight of ensembles of real object masks with synthetic appearance")
     mix_procedural: float = opt(0.1, "sampling weight of procedural shapes (blobs, tubes, plates)")
+    hard_examples: str = opt("", "a `python -m training.difficulty` file (box-step Dice per structure of the --data "
+                                 "cases): draw a real case's labels by (1 - Dice) ^ --hard-power + --hard-floor "
+                                 "instead of uniformly (empty: uniformly)")
+    hard_power: float = opt(1.0, "exponent of (1 - Dice) in the --hard-examples weights")
+    hard_floor: float = opt(0.1, "weight added to every label under --hard-examples (so well-learnt ones still come up)")
     num_workers: int = opt(-1, "DataLoader worker processes (-1: 1 on CPU, min(8, cores) on CUDA); workers "
                                "use the file system for sharing, not /dev/shm")
     # ---------------------------------------------------------------- model
@@ -155,6 +160,9 @@ class TrainConfig:
             raise ValueError("--p-no-box + --p-viewer + --p-refine must be <= 1")
         if min(getattr(self, f"mix_{n}") for n in ("real", "synth", "pseudo", "ensemble", "procedural")) < 0:
             raise ValueError("--mix-* weights must be >= 0")
+        if self.hard_power < 0 or self.hard_floor < 0 or (self.hard_examples and self.hard_power == 0
+                                                          and self.hard_floor == 0):
+            raise ValueError("--hard-power and --hard-floor must be >= 0 and not both 0")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
         if self.zoom_aug_max < 1 or self.nobox_zoom_max < 1:

@@ -199,6 +199,8 @@ class CaseStore:
         self._ram = 0
         self._first_clicks: dict[tuple[int, int], Triple] = {}
         self._weights: np.ndarray | None = None
+        self._difficulty: tuple[dict[str, dict[int, float]], float, float] | None = None
+        self._label_probs: dict[int, np.ndarray | None] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -239,6 +241,25 @@ class CaseStore:
             w = np.array([min(self.label_count(i) ** power, cap) for i in range(len(self))], float)
             self._weights = w / w.sum()
         return self._weights
+
+    def set_difficulty(self, dice: dict[str, dict[int, float]], power: float = 1.0, floor: float = 0.1) -> None:
+        """Draw the labels of the cases `dice` scores ({case file stem: {label: Dice}}, `training.difficulty`) by
+        `training.difficulty.label_weights`; other cases keep drawing their labels uniformly."""
+        self._difficulty = (dice, float(power), float(floor))
+        self._label_probs = {}
+
+    def draw_label(self, i: int, case: CaseData, rng: np.random.Generator) -> int:
+        """A label of case i: uniformly, or by the difficulty weights (`set_difficulty`)."""
+        if self._difficulty is not None and i not in self._label_probs:
+            from .difficulty import label_weights
+
+            dice, power, floor = self._difficulty
+            scores = dice.get(self.paths[i].stem)
+            self._label_probs[i] = None if scores is None else label_weights(scores, case.labels, power, floor)
+        probs = self._label_probs.get(i)
+        if probs is None:
+            return int(case.labels[rng.integers(len(case.labels))])
+        return int(case.labels[rng.choice(len(case.labels), p=probs)])
 
     def first_click(self, i: int, label: int) -> Triple:
         """The evaluator's first click of a no-box case for this class, (z, y, x), cached."""

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from inference.network import PROFILES, LoadedModel, Profile, load_model, new_model, save_checkpoint
+from inference.network import PROFILES, LoadedModel, Profile, load_model, member_count, new_model, save_checkpoint
 
 IN, OUT = "in", "out"
 
@@ -96,6 +96,9 @@ def _widen(old: torch.Tensor, out_map, in_map, transposed: bool) -> torch.Tensor
 def grow(model: LoadedModel, profile: str | Profile, noise: float = 0.01, seed: int = 0) -> LoadedModel:
     """The model grown into `profile` (same number of stages, at least as many features and blocks per stage)."""
     target = PROFILES[profile] if isinstance(profile, str) else profile
+    if member_count(model.net) > 1:
+        raise ValueError(f"{model.source or 'the model'} is an ensemble of {member_count(model.net)} networks: "
+                         "grow one of its members")
     old_arch, new_arch = model.arch, target.arch
     n = int(old_arch["n_stages"])
     if int(new_arch["n_stages"]) != n:

@@ -57,12 +57,13 @@ class Drawn:
 
 
 def _pick_case(store: CaseStore, rng: np.random.Generator) -> tuple[int, CaseData, int]:
-    """A case (by `CaseStore.case_weights`) and one of its labels (uniformly)."""
+    """A case (by `CaseStore.case_weights`) and one of its labels (`CaseStore.draw_label`: uniformly unless the
+    store has difficulty weights)."""
     i = int(rng.choice(len(store), p=store.case_weights()))
     case = store.get(i)
     if len(case.labels) == 0:
         raise ValueError(f"{store.paths[i]}: no labelled class")
-    return i, case, int(case.labels[rng.integers(len(case.labels))])
+    return i, case, store.draw_label(i, case, rng)
 
 
 @dataclass

@@ -35,6 +35,17 @@ def soft_dice(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> tor
     return (2 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)
 
 
+@torch.no_grad()
+def hard_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice per sample (B,) of the thresholded prediction (logits (B, 2, z, y, x), target (B, z, y, x)); 1 where
+    both are empty."""
+    pred = (binary_logit(logits.float()) > 0).float()
+    t = target.float()
+    hard = soft_dice(pred, t, eps=1e-6)
+    empty = (t.flatten(1).sum(1) == 0) & (pred.flatten(1).sum(1) == 0)
+    return torch.where(empty, torch.ones_like(hard), hard)
+
+
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 10.0) -> tuple[torch.Tensor, dict[str, float]]:
     """dice_weight x (1 - mean per-sample soft Dice) + BCE on the binary logit; also the hard Dice."""
     z = binary_logit(logits.float())
@@ -42,10 +53,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: f
     bce = F.binary_cross_entropy_with_logits(z, t)
     sd = soft_dice(torch.sigmoid(z), t)
     loss = dice_weight * (1.0 - sd.mean()) + bce
-    with torch.no_grad():
-        hard = soft_dice((z > 0).float(), t, eps=1e-6)
-        empty = (t.flatten(1).sum(1) == 0) & ((z > 0).flatten(1).sum(1) == 0)
-        hard = torch.where(empty, torch.ones_like(hard), hard)
+    hard = hard_dice(logits, target)
     return loss, {"loss": float(loss.detach()), "bce": float(bce.detach()), "soft_dice": float(sd.mean().detach()),
                   "dice": float(hard.mean())}
 

@@ -25,18 +25,23 @@ import numpy as np
 import torch
 
 from inference import precision
-from inference.network import (PROFILES, LoadedModel, atomic_torch_save, checkpoint_dict, load_model, new_model,
-                               save_checkpoint)
+from inference.network import (PROFILES, LoadedModel, atomic_torch_save, checkpoint_dict, load_model, member_count,
+                               new_model, save_checkpoint)
 
 from . import config as C
-from .data import (CaseStore, PromptDataset, SampleOptions, StreamSampler, list_cases, make_loader,
+from .data import (PROMPT_KINDS, CaseStore, PromptDataset, SampleOptions, StreamSampler, list_cases, make_loader,
                    select_coreset, write_case_list)
-from .mixture import Mixture, Sources
-from .simulate import make_predict, segmentation_loss, simulate_prompts
+from .difficulty import read_difficulty
+from .mixture import SOURCE_NAMES, Mixture, Sources
+from .simulate import hard_dice, make_predict, segmentation_loss, simulate_prompts
 
 TRAIN_FORMAT = "segfm3d-train-v1"
+# Training Dice per source of the sample and per kind of its first prompt (after the simulated clicks, as the
+# loss sees it): which part of the mixture the model fails on.
+GROUPS = tuple(f"dice_{name}" for name in SOURCE_NAMES) + tuple(f"dice_{kind}" for kind in PROMPT_KINDS)
 LOG_COLUMNS = ["step", "loss", "dice", "soft_dice", "bce", "samples_per_s", "s_per_step", "lr", "clicked",
-               "elapsed_s", "val_dsc_auc_box", "val_dsc_final_box", "val_dsc_auc_nobox", "val_dsc_final_nobox"]
+               "elapsed_s", "val_dsc_auc_box", "val_dsc_final_box", "val_dsc_auc_nobox", "val_dsc_final_nobox",
+               *GROUPS]
 
 
 # ---------------------------------------------------------------------- processes and devices
@@ -146,6 +151,9 @@ def initial_model(cfg: C.TrainConfig) -> LoadedModel:
     """The model to start from: --init (nnInteractive folder, native or training checkpoint) or a new profile."""
     if cfg.init:
         model = load_model(cfg.init)
+        if member_count(model.net) > 1:
+            raise ValueError(f"--init {cfg.init}: an ensemble of {member_count(model.net)} networks cannot be "
+                             "trained as one; start from one of its members")
         model.meta = {**model.meta, "init": str(cfg.init)}
         return model
     if cfg.profile not in PROFILES:
@@ -154,14 +162,18 @@ def initial_model(cfg: C.TrainConfig) -> LoadedModel:
 
 
 def build_sources(cfg: C.TrainConfig, paths: list[Path], workers: int) -> Sources:
-    """The training sources: the --data cases (real and, with the --labelmaps maps, synthesised), the supervoxel
-    cases under --pseudo, and the canvases; the RAM budget is shared among the stores and workers."""
+    """The training sources: the --data cases (real, their labels drawn by --hard-examples when given, and, with
+    the --labelmaps maps, synthesised), the supervoxel cases under --pseudo, and the canvases; the RAM budget is
+    shared among the stores and workers."""
     maps = list_cases(cfg.labelmaps) if cfg.labelmaps and Path(cfg.labelmaps).is_dir() else []
     pseudo = list_cases(cfg.pseudo) if cfg.pseudo and Path(cfg.pseudo).is_dir() else []
     ram = cfg.ram_cache_mb / max(1, workers) / 3
     kw = dict(cache_dir=cfg.cache_dir or None, mmap_min_mb=cfg.mmap_min_mb, ram_budget_mb=ram)
-    return Sources(CaseStore(paths, **kw), CaseStore(list(paths) + maps, **kw),
-                   CaseStore(pseudo, **kw) if pseudo else None, Mixture.from_config(cfg))
+    real = CaseStore(paths, **kw)
+    if cfg.hard_examples:
+        real.set_difficulty(read_difficulty(cfg.hard_examples), cfg.hard_power, cfg.hard_floor)
+    return Sources(real, CaseStore(list(paths) + maps, **kw), CaseStore(pseudo, **kw) if pseudo else None,
+                   Mixture.from_config(cfg))
 
 
 def check_patch(patch: tuple[int, int, int], model: LoadedModel) -> None:
@@ -406,6 +418,24 @@ def setup(cfg: C.TrainConfig, given: set[str] | None = None) -> Trainer:
                    ema)
 
 
+def add_group_dice(totals: dict[str, float], dice: np.ndarray, batch: dict[str, torch.Tensor]) -> None:
+    """Add each sample's Dice to the sums `sum:dice_<source>` and `sum:dice_<kind>` and count it in `n:...`
+    (`group_means` turns them into the log's per-group columns)."""
+    groups = [("source", SOURCE_NAMES), ("kind", PROMPT_KINDS)]
+    for key, names in groups:
+        if key not in batch:
+            continue
+        for i, d in zip(batch[key].tolist(), dice.tolist()):
+            col = f"dice_{names[int(i)]}"
+            totals[f"sum:{col}"] = totals.get(f"sum:{col}", 0.0) + float(d)
+            totals[f"n:{col}"] = totals.get(f"n:{col}", 0.0) + 1.0
+
+
+def group_means(acc: dict[str, float]) -> dict[str, float]:
+    """The accumulated `sum:` / `n:` pairs of `add_group_dice` as means per group column (groups seen only)."""
+    return {k[4:]: v / acc[f"n:{k[4:]}"] for k, v in acc.items() if k.startswith("sum:") and acc.get(f"n:{k[4:]}")}
+
+
 def train_step(tr: Trainer) -> dict[str, float]:
     """One optimiser step (accum forward passes); returns the averaged metrics."""
     cfg, dev = tr.cfg, tr.device
@@ -437,6 +467,7 @@ def train_step(tr: Trainer) -> dict[str, float]:
                 scaled.backward()
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + v / cfg.accum
+        add_group_dice(totals, hard_dice(logits.detach(), target).cpu().numpy(), b)
     if tr.scaler is not None:
         tr.scaler.unscale_(tr.optimizer)
     if cfg.grad_clip > 0:
@@ -580,7 +611,8 @@ def train(cfg: C.TrainConfig, given: set[str] | None = None,
 
     def write_row(now: float, lr: float) -> None:  # a log.csv row: the metrics averaged since the last one
         nonlocal acc, n_acc, t_last
-        row = {k: v / n_acc for k, v in acc.items()}
+        row = {k: v / n_acc for k, v in acc.items() if ":" not in k}
+        row.update(group_means(acc))
         row.update(step=tr.step, samples_per_s=samples_per_step * n_acc / max(now - t_last, 1e-9),
                    s_per_step=(now - t_last) / n_acc, lr=lr, elapsed_s=now - t0)
         log.write(row)

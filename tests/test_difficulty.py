@@ -1,0 +1,71 @@
+"""Hard-example sampling: the per-structure difficulty file and the label draw it steers (training/difficulty.py)."""
+import json
+
+import numpy as np
+import pytest
+
+from inference.network import new_model, save_checkpoint
+from training import config as C
+from training import difficulty as D
+from training.data import CaseStore, list_cases, write_synthetic_cases
+from training.train import train
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cases")
+    write_synthetic_cases(folder, n=2, shape=(20, 28, 28), n_classes=3, seed=4)
+    return folder
+
+
+def test_class_dice_counts_each_class_on_its_own():
+    gts = np.array([[[0, 1, 1, 2, 2, 3]]])
+    segs = np.array([[[1, 1, 0, 2, 2, 0]]])
+    assert D.class_dice(segs, gts, 3) == pytest.approx([2 / 4, 1.0, 0.0])
+
+
+def test_missed_structures_weigh_more_and_unscored_ones_take_the_mean():
+    w = D.label_weights({1: 1.0, 2: 0.0, 3: 0.5}, [1, 2, 3], power=1.0, floor=0.1)
+    assert w == pytest.approx(np.array([0.1, 1.1, 0.6]) / 1.8)
+    w = D.label_weights({1: 1.0, 2: 0.0}, [1, 2, 7], power=2.0, floor=0.0)
+    assert w == pytest.approx([0.0, 2 / 3, 1 / 3])
+    assert D.label_weights({}, [4, 5], 1.0, 0.1) == pytest.approx([0.5, 0.5])
+
+
+def test_the_store_draws_labels_by_difficulty_and_uniformly_without_it(cases):
+    store = CaseStore(list_cases(cases))
+    case = store.get(0)
+    assert list(case.labels) == [1, 2, 3]
+    # no difficulty: the same random stream as a uniform draw
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    assert [store.draw_label(0, case, a) for _ in range(20)] == [int(case.labels[b.integers(3)]) for _ in range(20)]
+    store.set_difficulty({store.paths[0].stem: {1: 0.95, 2: 0.05, 3: 0.5}}, power=1.0, floor=0.1)
+    rng = np.random.default_rng(0)
+    counts = np.bincount([store.draw_label(0, case, rng) for _ in range(4000)], minlength=4)[1:] / 4000
+    assert counts == pytest.approx(np.array([0.15, 1.05, 0.6]) / 1.8, abs=0.03)
+    other = store.get(1)  # a case the file does not score keeps the uniform draw
+    counts = np.bincount([store.draw_label(1, other, rng) for _ in range(3000)], minlength=4)[1:] / 3000
+    assert counts == pytest.approx([1 / 3] * 3, abs=0.04)
+
+
+def test_the_difficulty_file_scores_every_structure_and_steers_training(cases, tmp_path, monkeypatch):
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(new_model("tiny", seed=2), ckpt)
+    monkeypatch.setattr(D, "MAX_CLASSES_PER_RUN", 2)  # 3 classes: predicted in two groups
+    out = tmp_path / "difficulty.json"
+    assert D.main(["--checkpoint", str(ckpt), "--data", str(cases), "--out", str(out), "--no-progress"]) == 0
+    scores = D.read_difficulty(out)
+    assert set(scores) == {p.stem for p in list_cases(cases)}
+    for per_label in scores.values():
+        assert set(per_label) == {1, 2, 3} and all(0.0 <= v <= 1.0 for v in per_label.values())
+    assert json.loads(out.read_text())["checkpoint"] == str(ckpt)
+
+    cfg = C.TrainConfig(data=str(cases), out=str(tmp_path / "run"), profile="tiny", steps=2, batch_size=2,
+                        progress=False, cache_dir="", threads=1, hard_examples=str(out), labelmaps="", pseudo="")
+    train(cfg)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["hard_examples"] == str(out)
+    with pytest.raises(ValueError, match="hard"):
+        C.TrainConfig(hard_examples=str(out), hard_power=0.0, hard_floor=0.0).validate()
+    with pytest.raises(ValueError, match="not a difficulty file"):
+        (tmp_path / "bad.json").write_text("[]")
+        D.read_difficulty(tmp_path / "bad.json")

@@ -1,0 +1,106 @@
+"""How well a model segments each structure of its training cases: the file behind `--hard-examples`.
+
+Every class of every case is predicted from the organizer's box alone (one step, through the inference path as
+the evaluation runs it, all classes of a case fused together) and scored by Dice. Training with
+`--hard-examples FILE` then draws the labels of a real case in proportion to `(1 - Dice) ^ power + floor`
+instead of uniformly (`label_weights`), so the structures the model still misses come up more often; the case
+itself is drawn as before.
+
+    python -m training.difficulty --checkpoint weights/default.pt --data data/train --out .cache/difficulty.json
+
+The file maps each case (the npz file name without `.npz`) to {label id as stored in its `gts`: Dice}.
+Run it on training cases only: the weights are a training choice.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+MAX_CLASSES_PER_RUN = 255  # a challenge output is uint8: cases with more classes are predicted in groups
+
+
+def class_dice(segs: np.ndarray, gts: np.ndarray, n: int) -> list[float]:
+    """Dice of classes 1..n between a prediction and a ground truth (both (z, y, x), same ids)."""
+    pred_count = np.bincount(segs.ravel(), minlength=n + 1)
+    gt_count = np.bincount(gts.ravel(), minlength=n + 1)
+    both = np.bincount(gts[segs == gts].ravel(), minlength=n + 1)
+    return [float(2 * both[c] / max(pred_count[c] + gt_count[c], 1)) for c in range(1, n + 1)]
+
+
+def case_difficulty(predictor, path: str | os.PathLike) -> dict[int, float]:
+    """{label id as stored: box-step Dice} for one training npz (imgs, gts, spacing)."""
+    from evaluation.boxes import boxes_from_gt
+    from evaluation.harness import Case, step_input
+    from evaluation.regions import labels_of
+
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as npz:
+        imgs, gts, spacing = npz["imgs"], npz["gts"], npz["spacing"]
+    labels = labels_of(gts)
+    scores: dict[int, float] = {}
+    for start in range(0, len(labels), MAX_CLASSES_PER_RUN):
+        group = labels[start:start + MAX_CLASSES_PER_RUN]
+        lut = np.zeros(int(gts.max()) + 1, np.uint8)
+        lut[group] = np.arange(1, len(group) + 1)
+        seq = lut[gts]
+        case = Case(path.name, imgs, seq, spacing, list(range(1, len(group) + 1)))
+        segs = predictor.predict(step_input(case, boxes_from_gt(seq)), name=path.name)
+        scores.update(zip((int(v) for v in group), class_dice(np.asarray(segs), seq, len(group))))
+    return scores
+
+
+def label_weights(dice: dict[int, float], labels: Sequence[int], power: float = 1.0,
+                  floor: float = 0.1) -> np.ndarray:
+    """Drawing probabilities of `labels`: (1 - Dice) ^ power + floor, normalised; a label the file does not score
+    gets the mean weight of those it does (all equal when it scores none)."""
+    w = np.array([(1.0 - min(max(dice[int(v)], 0.0), 1.0)) ** power + floor if int(v) in dice else np.nan
+                  for v in labels], float)
+    if np.all(np.isnan(w)):
+        w[:] = 1.0
+    w[np.isnan(w)] = np.nanmean(w)
+    return w / w.sum()
+
+
+def read_difficulty(path: str | os.PathLike) -> dict[str, dict[int, float]]:
+    """The file `main` writes: {case name: {label id: Dice}}."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), dict):
+        raise ValueError(f"{path}: not a difficulty file (no 'cases' object)")
+    return {str(name): {int(k): float(v) for k, v in scores.items()} for name, scores in data["cases"].items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.difficulty", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default="weights/default.pt", help="the model to score (native checkpoint)")
+    parser.add_argument("--data", required=True, help="folder of training npz cases (imgs, gts, spacing)")
+    parser.add_argument("--out", required=True, type=Path, help="the JSON file to write")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    args = parser.parse_args(argv)
+    from tqdm import tqdm
+
+    from inference.predictor import load_predictor
+
+    from .data import list_cases
+
+    predictor = load_predictor(args.checkpoint)
+    cases: dict[str, dict[str, float]] = {}
+    for path in tqdm(list_cases(args.data), desc="difficulty", disable=not args.progress):
+        cases[path.stem] = {str(k): round(v, 4) for k, v in case_difficulty(predictor, path).items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(json.dumps({"checkpoint": str(args.checkpoint), "prompt": "box, one step", "cases": cases},
+                              indent=1), encoding="utf-8")
+    os.replace(tmp, args.out)
+    scores = [v for c in cases.values() for v in c.values()]
+    print(f"{len(scores)} structures of {len(cases)} cases: mean box-step Dice {np.mean(scores):.3f} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
