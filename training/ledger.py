@@ -3,8 +3,8 @@
 Reads the model card's ledger of full held-out scores (`docs/heldout_ledger.csv`: one row per scored model, the
 cumulative steps and step-hours of its lineage, DSC_Final per held-out volume with and without box, all scored
 with the same evaluation code and settings; optional columns mean_box / mean_nobox: the harness's mean) and
-writes a PNG: one panel per box mode, one line per volume and their mean; open markers for models scored but
-not shipped.
+writes a PNG: one panel per box mode, one line per volume and their mean through the shipped models; open
+markers, off the lines, for models scored but not shipped.
 """
 from __future__ import annotations
 
@@ -39,13 +39,14 @@ def plot(rows: list[dict], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    hours = [r["step_hours"] for r in rows]
+    shipped = [r for r in rows if r["shipped"]]
     for ax, mode in zip(axes, MODES):
         for name in (*VOLUMES, "mean"):
-            ys = [r[f"{name}_{mode}"] for r in rows]
-            line, = ax.plot(hours, ys, "-", lw=2.5 if name == "mean" else 1.2, label=name)
-            for r, y in zip(rows, ys):
-                ax.plot(r["step_hours"], y, "o", color=line.get_color(),
+            key = f"{name}_{mode}"
+            line, = ax.plot([r["step_hours"] for r in shipped], [r[key] for r in shipped], "-",
+                            lw=2.5 if name == "mean" else 1.2, label=name)
+            for r in rows:
+                ax.plot(r["step_hours"], r[key], "o", color=line.get_color(),
                         mfc=line.get_color() if r["shipped"] else "white")
         ax.set_title("with box" if mode == "box" else "without box")
         ax.set_xlabel("training step-hours on 2 CPU cores (lineage of the model)")
