@@ -206,6 +206,24 @@ def metric_label_map(segs: np.ndarray, max_label: int) -> np.ndarray:
     raise TypeError(f"unsupported segmentation dtype {segs.dtype}")
 
 
+def class_crops(gts: np.ndarray, segs: np.ndarray, labels: Sequence[int],
+                gt_boxes: dict[int, Slices | None] | None = None) -> dict[int, Slices | None]:
+    """Per class, the union of its ground-truth and predicted bounding boxes (z, y, x slices; None when the class is
+    in neither): where its Dice and NSD are computed."""
+    boxes_gt = gt_boxes if gt_boxes is not None else class_boxes(gts, labels)
+    boxes_pred = class_boxes(segs, labels)
+    return {c: union_slices(boxes_gt[c], boxes_pred[c]) for c in labels}
+
+
+def dice_per_class(gts: np.ndarray, segs: np.ndarray, labels: Sequence[int],
+                   crops: dict[int, Slices | None] | None = None) -> list[float]:
+    """Dice of each class of `labels` between a label map and a ground truth (z, y, x; same ids), computed in
+    `class_crops`; NaN for a class in neither."""
+    crops = crops if crops is not None else class_crops(gts, segs, labels)
+    return [dice(segs[crops[c]] == c, gts[crops[c]] == c) if crops[c] is not None else float("nan")
+            for c in labels]
+
+
 @dataclass
 class StepMetrics:
     """Scores of one step of one case; per-class lists follow the sorted class ids."""
@@ -240,13 +258,8 @@ def step_metrics(
     segs = metric_label_map(segs, max(labels))
     if segs.shape != gts.shape:
         raise ValueError(f"prediction shape {segs.shape} != ground truth shape {gts.shape}")
-    boxes_gt = gt_boxes if gt_boxes is not None else class_boxes(gts, labels)
-    boxes_pred = class_boxes(segs, labels)
-    crops = {c: union_slices(boxes_gt[c], boxes_pred[c]) for c in labels}
-    dsc_per_class = []
-    for c in labels:
-        box = crops[c]
-        dsc_per_class.append(dice(segs[box] == c, gts[box] == c) if box is not None else float("nan"))
+    crops = class_crops(gts, segs, labels, gt_boxes)
+    dsc_per_class = dice_per_class(gts, segs, labels, crops)
     dsc = float(np.mean(dsc_per_class))
     if not dsc > NSD_DSC_THRESHOLD:
         return StepMetrics(dsc, 0.0, dsc_per_class, None)

@@ -29,15 +29,21 @@ import torch
 from inference.network import Ensemble, LoadedModel, load_model, member_count, save_checkpoint
 
 
+def check_one_architecture(models: Sequence[LoadedModel]) -> LoadedModel:
+    """The last of `models`, after checking that all share its architecture and patch (ValueError otherwise)."""
+    last = models[-1]
+    for m in models:
+        if m.arch != last.arch or tuple(m.patch_size) != tuple(last.patch_size):
+            raise ValueError(f"{m.source or 'a model'}: another architecture than {last.source or 'the last'}")
+    return last
+
+
 def average_models(models: Sequence[LoadedModel]) -> LoadedModel:
     """The last of `models`, changed in place: its floating-point weights become the mean of all `models`'
     (integer buffers keep its own)."""
     if not models:
         raise ValueError("nothing to average")
-    last = models[-1]
-    for m in models:
-        if m.arch != last.arch or tuple(m.patch_size) != tuple(last.patch_size):
-            raise ValueError(f"{m.source or 'a model'}: another architecture than {last.source or 'the last'}")
+    last = check_one_architecture(models)
     states = [m.net.state_dict() for m in models]
     mean = {}
     for key, value in states[-1].items():
@@ -54,12 +60,8 @@ def ensemble_models(models: Sequence[LoadedModel]) -> LoadedModel:
     last). Members that are ensembles themselves are flattened."""
     if len(models) < 2:
         raise ValueError("an ensemble needs at least two checkpoints")
-    last = models[-1]
-    members = []
-    for m in models:
-        if m.arch != last.arch or tuple(m.patch_size) != tuple(last.patch_size):
-            raise ValueError(f"{m.source or 'a model'}: another architecture than {last.source or 'the last'}")
-        members.extend(m.net.members if isinstance(m.net, Ensemble) else [m.net])
+    last = check_one_architecture(models)
+    members = [net for m in models for net in (m.net.members if isinstance(m.net, Ensemble) else [m.net])]
     return LoadedModel(Ensemble(members).eval(), last.patch_size, last.arch, dict(last.meta), last.source)
 
 

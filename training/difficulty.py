@@ -25,18 +25,11 @@ import numpy as np
 MAX_CLASSES_PER_RUN = 255  # a challenge output is uint8: cases with more classes are predicted in groups
 
 
-def class_dice(segs: np.ndarray, gts: np.ndarray, n: int) -> list[float]:
-    """Dice of classes 1..n between a prediction and a ground truth (both (z, y, x), same ids)."""
-    pred_count = np.bincount(segs.ravel(), minlength=n + 1)
-    gt_count = np.bincount(gts.ravel(), minlength=n + 1)
-    both = np.bincount(gts[segs == gts].ravel(), minlength=n + 1)
-    return [float(2 * both[c] / max(pred_count[c] + gt_count[c], 1)) for c in range(1, n + 1)]
-
-
 def case_difficulty(predictor, path: str | os.PathLike) -> dict[int, float]:
     """{label id as stored: box-step Dice} for one training npz (imgs, gts, spacing)."""
     from evaluation.boxes import boxes_from_gt
     from evaluation.harness import Case, step_input
+    from evaluation.metrics import dice_per_class
     from evaluation.regions import labels_of
 
     path = Path(path)
@@ -51,7 +44,7 @@ def case_difficulty(predictor, path: str | os.PathLike) -> dict[int, float]:
         seq = lut[gts]
         case = Case(path.name, imgs, seq, spacing, list(range(1, len(group) + 1)))
         segs = predictor.predict(step_input(case, boxes_from_gt(seq)), name=path.name)
-        scores.update(zip((int(v) for v in group), class_dice(np.asarray(segs), seq, len(group))))
+        scores.update(zip((int(v) for v in group), dice_per_class(seq, np.asarray(segs), range(1, len(group) + 1))))
     return scores
 
 

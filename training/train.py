@@ -465,9 +465,11 @@ def train_step(tr: Trainer) -> dict[str, float]:
                 tr.scaler.scale(scaled).backward()
             else:
                 scaled.backward()
+        hard = hard_dice(logits.detach(), target).cpu().numpy()
+        parts["dice"] = float(hard.mean())
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + v / cfg.accum
-        add_group_dice(totals, hard_dice(logits.detach(), target).cpu().numpy(), b)
+        add_group_dice(totals, hard, b)
     if tr.scaler is not None:
         tr.scaler.unscale_(tr.optimizer)
     if cfg.grad_clip > 0:
