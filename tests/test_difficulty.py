@@ -70,3 +70,23 @@ def test_the_difficulty_file_scores_every_structure_and_steers_training(cases, t
     with pytest.raises(ValueError, match="not a difficulty file"):
         (tmp_path / "bad.json").write_text("[]")
         D.read_difficulty(tmp_path / "bad.json")
+
+
+def test_compare_tabulates_files_over_the_first_files_structures(tmp_path, capsys):
+    def write(name, cases):
+        path = tmp_path / name
+        path.write_text(json.dumps({"checkpoint": name, "prompt": "box, one step", "cases": cases}))
+        return str(path)
+
+    before = write("before.json", {"CT_a": {"1": 0.1, "2": 0.2, "3": 0.8, "4": 0.9}, "MR_b": {"7": 0.5}})
+    after = write("after.json", {"CT_a": {"1": 0.3, "2": 0.4, "3": 0.8, "4": 0.9}})  # MR_b not scored
+    assert D.main(["--compare", before, after]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "group | before.json | after.json"
+    assert lines[1] == "CT (n=4) | 0.500 (50% < 0.3) | 0.600 (0% < 0.3)"
+    assert lines[2] == "MR (n=1) | 0.500 (0% < 0.3) | -"
+    assert lines[3] == "all (n=5) | 0.500 (40% < 0.3) | 0.600 (0% < 0.3)"
+    # quartile of [0.1, 0.2, 0.5, 0.8, 0.9] is 0.2: labels 1 and 2 moved from 0.15 to 0.35 on average
+    assert lines[4] == "hardest quarter of the first (Dice <= 0.200, n=2) | 0.150 | 0.350"
+    with pytest.raises(SystemExit):
+        D.main(["--data", "x"])  # --out missing

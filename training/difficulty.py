@@ -68,13 +68,45 @@ def read_difficulty(path: str | os.PathLike) -> dict[str, dict[int, float]]:
     return {str(name): {int(k): float(v) for k, v in scores.items()} for name, scores in data["cases"].items()}
 
 
+def _summary(dice: np.ndarray) -> str:
+    """'mean (share < 0.3)' of the scored (not NaN) values, '-' when there are none."""
+    scored = dice[~np.isnan(dice)]
+    return f"{scored.mean():.3f} ({np.mean(scored < 0.3):.0%} < 0.3)" if scored.size else "-"
+
+
+def compare(files: Sequence[str | os.PathLike]) -> str:
+    """A text table of several difficulty files over the structures of the first: the mean box-step Dice per
+    modality (the case name's first `_` field) and overall, the share below 0.3, and the mean over the first
+    file's hardest quarter (how much the structures it missed moved)."""
+    runs = [read_difficulty(f) for f in files]
+    keys = [(case, label) for case, scores in runs[0].items() for label in scores]
+    values = np.array([[run.get(case, {}).get(label, np.nan) for case, label in keys] for run in runs])
+    modality = np.array([case.split("_")[0] for case, _ in keys])
+    lines = ["group | " + " | ".join(Path(f).name for f in files)]
+    for name, sel in [*((m, modality == m) for m in sorted(set(modality))), ("all", np.ones(len(keys), bool))]:
+        lines.append(f"{name} (n={int(sel.sum())}) | " + " | ".join(_summary(v[sel]) for v in values))
+    q = np.quantile(values[0], 0.25)
+    hard = values[0] <= q
+    lines.append(f"hardest quarter of the first (Dice <= {q:.3f}, n={int(hard.sum())}) | "
+                 + " | ".join(_summary(v[hard]).split(" (")[0] for v in values))
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.difficulty", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default="weights/default.pt", help="the model to score (native checkpoint)")
-    parser.add_argument("--data", required=True, help="folder of training npz cases (imgs, gts, spacing)")
-    parser.add_argument("--out", required=True, type=Path, help="the JSON file to write")
+    parser.add_argument("--data", help="folder of training npz cases (imgs, gts, spacing)")
+    parser.add_argument("--out", type=Path, help="the JSON file to write")
+    parser.add_argument("--compare", nargs="+", metavar="FILE", help="instead of scoring: print a table of these "
+                        "difficulty files over the structures of the first (per modality, overall, its hardest "
+                        "quarter)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare(args.compare))
+        return 0
+    if not args.data or not args.out:
+        parser.error("--data and --out are required (unless --compare)")
     from tqdm import tqdm
 
     from inference.predictor import load_predictor
