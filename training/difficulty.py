@@ -68,27 +68,33 @@ def read_difficulty(path: str | os.PathLike) -> dict[str, dict[int, float]]:
     return {str(name): {int(k): float(v) for k, v in scores.items()} for name, scores in data["cases"].items()}
 
 
-def _summary(dice: np.ndarray) -> str:
-    """'mean (share < 0.3)' of the scored (not NaN) values, '-' when there are none."""
+def _summary(dice: np.ndarray, share_below: float | None = 0.3) -> str:
+    """'mean (share < share_below)' of the scored (not NaN) values ('mean' alone without share_below), '-' when
+    there are none."""
     scored = dice[~np.isnan(dice)]
-    return f"{scored.mean():.3f} ({np.mean(scored < 0.3):.0%} < 0.3)" if scored.size else "-"
+    if not scored.size:
+        return "-"
+    share = f" ({np.mean(scored < share_below):.0%} < {share_below})" if share_below is not None else ""
+    return f"{scored.mean():.3f}{share}"
 
 
 def compare(files: Sequence[str | os.PathLike]) -> str:
     """A text table of several difficulty files over the structures of the first: the mean box-step Dice per
     modality (the case name's first `_` field) and overall, the share below 0.3, and the mean over the first
     file's hardest quarter (how much the structures it missed moved)."""
+    from evaluation.report import modality_of
+
     runs = [read_difficulty(f) for f in files]
     keys = [(case, label) for case, scores in runs[0].items() for label in scores]
     values = np.array([[run.get(case, {}).get(label, np.nan) for case, label in keys] for run in runs])
-    modality = np.array([case.split("_")[0] for case, _ in keys])
+    modality = np.array([modality_of(case) for case, _ in keys])
     lines = ["group | " + " | ".join(Path(f).name for f in files)]
     for name, sel in [*((m, modality == m) for m in sorted(set(modality))), ("all", np.ones(len(keys), bool))]:
         lines.append(f"{name} (n={int(sel.sum())}) | " + " | ".join(_summary(v[sel]) for v in values))
     q = np.quantile(values[0], 0.25)
     hard = values[0] <= q
     lines.append(f"hardest quarter of the first (Dice <= {q:.3f}, n={int(hard.sum())}) | "
-                 + " | ".join(_summary(v[hard]).split(" (")[0] for v in values))
+                 + " | ".join(_summary(v[hard], share_below=None) for v in values))
     return "\n".join(lines)
 
 
