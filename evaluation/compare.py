@@ -4,7 +4,9 @@
 
 Reads what `python -m evaluation ... --settings A,B,...` wrote into DIR (metrics.csv and cases/<setting>_<mode>/).
 Prints (1) one row per setting and box mode: DSC_Final, NSD_Final, DSC_AUC, NSD_AUC, seconds per class per run,
-the seconds per class of the five click steps and DSC_AUC per second of them; (2) for one case (default: the
+the seconds per class of the five click steps and DSC_AUC per second of them; (2) the response to clicks per
+setting and box mode: for foreground and background clicks, how many, the mean change of the clicked
+structure's Dice from the step before, and the share of clicks after which it fell; (3) for one case (default: the
 first CT of --cases), DSC_Final / NSD_Final per setting of its N largest and N smallest structures (voxels of the
 ground truth; names from the case's .json beside the npz when present), one table per box mode.
 """
@@ -41,6 +43,41 @@ def settings_table(rows: list[dict[str, str]]) -> str:
         cells = [setting, mode, str(len(members))] + [f"{_mean([r[m] for r in members]):.4f}"
                                                      for m in ("DSC_Final", "NSD_Final", "DSC_AUC", "NSD_AUC")]
         cells += [f"{per_run:.3f}", f"{clicks:.2f}", f"{auc / clicks:.3f}" if clicks > 0 else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def click_changes(details: dict) -> dict[str, list[float]]:
+    """Per click kind ('fg', 'bg'), the clicked structure's Dice change from the previous step, over the click
+    steps of one case's details (harness JSON) whose previous step was scored (not the skipped no-box step)."""
+    changes: dict[str, list[float]] = {"fg": [], "bg": []}
+    steps = details["steps"]
+    for before, after in zip(steps, steps[1:]):
+        old, new = before.get("dsc_per_class"), after.get("dsc_per_class")
+        if old is None or new is None:
+            continue
+        for click in after.get("clicks_added") or []:
+            if click is not None:
+                key = str(click["label"])
+                changes[click["kind"]].append(float(new[key]) - float(old[key]))
+    return changes
+
+
+def clicks_table(out: Path) -> str:
+    """Markdown: per setting and box mode, the clicks of each kind over all cases, their mean Dice change and
+    the share after which the clicked structure's Dice fell (`click_changes`)."""
+    lines = ["| setting | box | fg clicks | fg mean Dice change | fg share worse | bg clicks | "
+             "bg mean Dice change | bg share worse |", "|" + "---|" * 8]
+    for run in sorted(p for p in (out / "cases").iterdir() if p.is_dir()):
+        setting, _, mode = run.name.rpartition("_")
+        pooled: dict[str, list[float]] = {"fg": [], "bg": []}
+        for f in sorted(run.glob("*.json")):
+            for kind, values in click_changes(json.loads(f.read_text())).items():
+                pooled[kind] += values
+        cells = [setting, mode]
+        for kind in ("fg", "bg"):
+            v = np.asarray(pooled[kind], float)
+            cells += [str(v.size), f"{v.mean():+.4f}", f"{(v < 0).mean():.2f}"] if v.size else [str(v.size), "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -98,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no {metrics}", file=sys.stderr)
         return 1
     print(settings_table(read_csv(metrics)))
+    if (args.out / "cases").is_dir():
+        print("\nResponse to clicks (Dice change of the clicked structure from the step before)\n")
+        print(clicks_table(args.out))
     if args.cases is not None:
         from evaluation.harness import find_cases
 

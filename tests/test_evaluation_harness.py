@@ -278,3 +278,21 @@ def test_physical_spacing_changes_only_nsd(case_file, tmp_path):
     assert organizer["DSC_1"] == physical["DSC_1"]
     assert organizer["NSD_1"] == 1.0 > physical["NSD_1"]
     assert harness.load_case(case_file).labels == [1, 2]
+
+
+def test_click_response_table_pools_dice_changes_per_click_kind(case_file, tmp_path):
+    from evaluation.compare import click_changes, clicks_table
+
+    gts = ground_truth()
+    over = gts.copy()
+    over[0, 8:16, 0:8] = 1  # class 1 spills over 64 voxels of slice 0: the organizer's next click there is bg
+    outputs = [only_class1(), over, gts.copy(), gts.copy(), gts.copy(), gts.copy()]
+    folder = tmp_path / "out" / "cases" / "scripted_box"
+    evaluate_case(case_file, InProcessPredictor(Scripted(outputs), name="scripted"), out_dir=folder)
+    details = json.loads((folder / "CT_toy_0001.json").read_text())
+    changes = click_changes(details)
+    # step 2: class 2 got its fg click and was found (0 -> 1); step 3: class 1's bg click, spill gone (2/3 -> 1)
+    assert changes["fg"] == [pytest.approx(1.0)]
+    assert changes["bg"] == [pytest.approx(1.0 - 2 * 64 / (128 + 64))]
+    table = clicks_table(tmp_path / "out")
+    assert "| scripted | box | 1 | +1.0000 | 0.00 | 1 | +0.3333 | 0.00 |" in table
