@@ -51,7 +51,7 @@ def click_changes(details: dict) -> dict[str, list[float]]:
     """Per click kind ('fg', 'bg'), the clicked structure's Dice change from the previous step, over the click
     steps of one case's details (harness JSON) whose previous step was scored (not the skipped no-box step)."""
     changes: dict[str, list[float]] = {"fg": [], "bg": []}
-    steps = details["steps"]
+    steps = details.get("steps") or []  # a case that failed before its first step has none
     for before, after in zip(steps, steps[1:]):
         old, new = before.get("dsc_per_class"), after.get("dsc_per_class")
         if old is None or new is None:
@@ -59,7 +59,8 @@ def click_changes(details: dict) -> dict[str, list[float]]:
         for click in after.get("clicks_added") or []:
             if click is not None:
                 key = str(click["label"])
-                changes[click["kind"]].append(float(new[key]) - float(old[key]))
+                if key in old and key in new:
+                    changes[click["kind"]].append(float(new[key]) - float(old[key]))
     return changes
 
 

@@ -294,5 +294,6 @@ def test_click_response_table_pools_dice_changes_per_click_kind(case_file, tmp_p
     # step 2: class 2 got its fg click and was found (0 -> 1); step 3: class 1's bg click, spill gone (2/3 -> 1)
     assert changes["fg"] == [pytest.approx(1.0)]
     assert changes["bg"] == [pytest.approx(1.0 - 2 * 64 / (128 + 64))]
+    assert click_changes({"case": "CT_failed.npz", "problems": ["no output"]}) == {"fg": [], "bg": []}
     table = clicks_table(tmp_path / "out")
     assert "| scripted | box | 1 | +1.0000 | 0.00 | 1 | +0.3333 | 0.00 |" in table
