@@ -177,6 +177,22 @@ def new_model(profile: str | Profile, seed: int | None = 0) -> LoadedModel:
     return LoadedModel(net, tuple(prof.patch_size), copy.deepcopy(prof.arch), {"profile": prof.name})
 
 
+def state_dict_to(state: dict[str, torch.Tensor], device: str | torch.device) -> dict[str, torch.Tensor]:
+    """Detached copies on `device` that keep the sharing of the source: entries that are the same tensor (the
+    ResEnc decoder holds its encoder, so every encoder weight appears twice) stay one tensor, which torch.save
+    writes once. A plain per-entry `.cpu()` from a GPU copies each entry apart: a 9.8 MB lite checkpoint became
+    35.8 MB, over the device tool's 16 MiB per returned file."""
+    copies: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for k, v in state.items():
+        v = v.detach()
+        key = (v.device, v.dtype, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride())
+        if key not in copies:
+            copies[key] = v.to(device)
+        out[k] = copies[key]
+    return out
+
+
 def checkpoint_dict(model: LoadedModel, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """The self-describing checkpoint dictionary (plain types and tensors only)."""
     meta = dict(model.meta)
@@ -188,7 +204,7 @@ def checkpoint_dict(model: LoadedModel, extra_meta: dict[str, Any] | None = None
         "channels": dict(CHANNELS),
         "normalization": "zscore",
         "num_classes": 2,
-        "state_dict": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
+        "state_dict": state_dict_to(model.net.state_dict(), "cpu"),
         "meta": meta,
         "members": member_count(model.net),
     }

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from inference.network import (CHANNELS, FORMAT, PROFILES, build_network, count_parameters, load_model, new_model,
-                               save_checkpoint)
+                               save_checkpoint, state_dict_to)
 from inference.predictor import Predictor
 from tests.nninteractive_format import write_nninteractive_folder
 
@@ -29,6 +29,18 @@ def test_native_checkpoint_describes_itself(tmp_path):
     for k, v in m.net.state_dict().items():
         assert torch.equal(v, back.net.state_dict()[k])
     assert back.meta["note"] == "test" and not back.net.training
+
+
+def test_state_dict_copies_keep_shared_weights_shared():
+    # "meta" stands in for a GPU: .to() makes a new tensor per call there, as a GPU-to-CPU copy does
+    sd = new_model("tiny").net.state_dict()
+    shared = [k for k in sd if k.startswith("decoder.encoder.")]
+    assert shared, "the ResEnc decoder holds its encoder: its weights appear twice in the state dict"
+    moved = state_dict_to(sd, "meta")
+    assert set(moved) == set(sd) and all(v.device.type == "meta" for v in moved.values())
+    for k in shared:
+        assert moved[k] is moved[k[len("decoder."):]]
+    assert len({id(v) for v in moved.values()}) == len({v.untyped_storage().data_ptr() for v in sd.values()})
 
 
 def test_checkpoint_with_unknown_layer_is_rejected(tmp_path):

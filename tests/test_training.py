@@ -284,6 +284,9 @@ def test_training_dice_is_logged_per_source_and_prompt_kind(cases, tmp_path):
     assert _csv(tmp_path / "a", "dice_synth") == []  # a source without samples leaves its column blank
     kinds = [float(v) for k in GROUPS if k.removeprefix("dice_") in PROMPT_KINDS for v in _csv(tmp_path / "a", k)]
     assert kinds and all(0.0 <= v <= 1.0 for v in kinds)
+    step_s = float(_csv(tmp_path / "a", "s_per_step")[0])  # where a step's time goes: loader and click simulation
+    parts = [float(_csv(tmp_path / "a", k)[0]) for k in ("wait_s", "sim_s")]
+    assert all(0.0 <= v for v in parts) and sum(parts) <= step_s
 
 
 def _csv(folder: Path, col: str) -> list[str]:
@@ -375,3 +378,24 @@ def test_curve_rows_round_trip(tmp_path):
     write_rows(rows, tmp_path / "curve.csv")
     assert read_rows(tmp_path / "curve.csv") == rows
     assert read_rows(tmp_path / "missing.csv") == []
+
+
+def test_worker_batches_are_the_same_through_pipes_and_shared_memory(cases):
+    """make_loader: numpy through the pipes, torch tensors in shared memory and no workers give equal batches;
+    shared memory is chosen only where /dev/shm holds twice what the workers keep in flight."""
+    from training.data import PromptDataset, loader_uses_shm, make_loader
+    dataset = PromptDataset(CaseStore(list_cases(cases)), SampleOptions(patch=PATCH), seed=4)
+
+    def first(n: int, **kw) -> list[dict[str, torch.Tensor]]:
+        it = make_loader(dataset, StreamSampler(3), 3, **kw)
+        return [next(it) for _ in range(n)]
+    ref = first(2, num_workers=0)
+    for shared in (False, True):
+        got = first(2, num_workers=1, shared=shared)
+        for a, b in zip(ref, got):
+            assert set(a) == set(b)
+            for k in a:  # exactly equal (click0 is NaN where the first prompt is not a click)
+                torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, equal_nan=True)
+    assert loader_uses_shm(225 << 20, 15, 4, free_bytes=64 << 30)
+    assert not loader_uses_shm(225 << 20, 15, 4, free_bytes=64 << 20)  # a container's default /dev/shm
+    assert not loader_uses_shm(1, 0, 4, free_bytes=64 << 30)  # no workers: nothing crosses processes

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -116,12 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--amps", nargs="+", default=None,
                     help="CPU precisions to time: none (fp32) and bf16 (default: both where the CPU has native bf16)")
     ap.add_argument("--no-sources", action="store_true", help="skip the samples/s table of the data sources")
+    ap.add_argument("--transport", action="store_true",
+                    help="only time how batches reach the training process from 2 workers (pipes against shared "
+                         "memory, batch 24 at 64^3), then stop")
     ap.add_argument("--gpu-init", default="", help="on CUDA: also time a warm start from this nnInteractive folder")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
         print(json.dumps(measure(json.loads(args.one))), flush=True)
+        return 0
+    if args.transport:
+        print(transport_table())
         return 0
     import torch
 
@@ -165,6 +173,39 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"load average after {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (other processes share these cores)")
     return 0
+
+
+class _FixedSamples:
+    """A dataset of one real-sized sample (8 x patch^3 float32 input, bool target), repeated: the transport alone."""
+
+    def __init__(self, patch: int):
+        from .data import SampleOptions
+        self.opts = SampleOptions(patch=(patch,) * 3)
+        rng = np.random.default_rng(0)
+        self.sample = {"input": rng.random((8, patch, patch, patch), dtype=np.float32),
+                       "target": rng.random((patch, patch, patch)) < 0.1, "label": np.int64(1)}
+
+    def __getitem__(self, index: int) -> dict:
+        return self.sample
+
+
+def transport_table(batch: int = 24, workers: int = 2, patch: int = 64, n: int = 10) -> str:
+    """Seconds per batch that the training process spends receiving batches from `workers` sample workers,
+    numpy through the pipes against torch tensors in shared memory (training.data.make_loader), the samples
+    themselves free: what a GPU run pays per step before any sampling or network work."""
+    from .data import StreamSampler, make_loader
+
+    rows = [f"| transport | s/batch of {batch} at {patch}^3 ({workers} workers) | samples/s |", "|---|---|---|"]
+    for shared in (False, True):
+        it = make_loader(_FixedSamples(patch), StreamSampler(batch), batch, workers, shared=shared)
+        for _ in range(workers * 2):  # the workers' first batches are ready before the clock starts
+            next(it)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            next(it)
+        dt = (time.perf_counter() - t0) / n
+        rows.append(f"| {'shared memory' if shared else 'pipes (numpy)'} | {dt:.3f} | {batch / dt:.0f} |")
+    return "\n".join(rows)
 
 
 def sources_table(data: str, n: int = 20, patch: int = 64, warmup: int = 40) -> str:

@@ -566,6 +566,29 @@ def to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
 
 
+def collate_torch(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """`collate` as torch tensors, made in the worker: they cross to the training process in shared memory."""
+    return to_torch(collate(samples))
+
+
+def shm_free_bytes(path: str = "/dev/shm") -> int:
+    """Free bytes of the shared-memory file system (0 where there is none)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def loader_uses_shm(batch_bytes: int, num_workers: int, prefetch: int, free_bytes: int | None = None) -> bool:
+    """Whether batches may travel in shared memory: /dev/shm must hold twice what the workers keep in flight
+    (containers often give it 64 MB, where torch's shared tensors fail with a bus error; then numpy goes
+    through the pipes). Through a pipe the training process unpickles every byte of every batch, one process
+    for all workers: a batch of 24 samples at 64^3 is 225 MB."""
+    free = shm_free_bytes() if free_bytes is None else free_bytes
+    return num_workers > 0 and free >= 2 * batch_bytes * num_workers * prefetch
+
+
 def die_with_parent(_worker_id: int = 0) -> None:
     """Have the kernel end this worker when the training process dies (Linux): torch's own parent check runs
     only between samples, so a worker busy in a long (or hung) sample outlived a killed run."""
@@ -577,8 +600,10 @@ def die_with_parent(_worker_id: int = 0) -> None:
 
 
 def make_loader(dataset: PromptDataset, sampler: StreamSampler, batch_size: int, num_workers: int,
-                pin_memory: bool = False) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches as torch tensors; workers (if any) are started with the file system as sharing strategy."""
+                pin_memory: bool = False, shared: bool | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches as torch tensors. With workers, `shared` (None: `loader_uses_shm` decides) sends them as torch
+    tensors in shared memory, pinned by the loader's own thread; else as numpy through the pipes. The batches
+    are the same either way, and the same as without workers."""
     if num_workers <= 0:
         it = iter(sampler)
 
@@ -587,13 +612,21 @@ def make_loader(dataset: PromptDataset, sampler: StreamSampler, batch_size: int,
                 idx = [next(it) for _ in range(batch_size)]
                 yield to_torch(collate([dataset[i] for i in idx]))
         return gen()
+    prefetch = 4
+    if shared is None:
+        voxels = int(np.prod(dataset.opts.patch))
+        shared = loader_uses_shm(batch_size * voxels * (4 * 8 + 1), num_workers, prefetch)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
-        pin_memory=False, persistent_workers=True, prefetch_factor=4, worker_init_fn=die_with_parent,
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        collate_fn=collate_torch if shared else collate, pin_memory=pin_memory and shared,
+        persistent_workers=True, prefetch_factor=prefetch, worker_init_fn=die_with_parent,
         multiprocessing_context="fork" if hasattr(os, "fork") else None)
 
     def gen_workers() -> Iterator[dict[str, torch.Tensor]]:
         for b in loader:
+            if shared:
+                yield b
+                continue
             t = to_torch(b)
             if pin_memory:
                 t = {k: v.pin_memory() for k, v in t.items()}

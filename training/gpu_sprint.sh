@@ -3,7 +3,9 @@
 # after training/sprint_bundle.sh packed wheels and data into .sprint/1 and .sprint/2 here and two calls carried
 # them there. Trains from weights/default.pt for MINUTES of wall clock (the schedule ends on time:
 # --time-limit-min) with every core but one generating samples, and leaves model.pt, model_ema.pt, log.csv,
-# config.json and curves.png in $OUT (each under the tool's 16 MiB). Score them here before shipping anything.
+# config.json and curves.png in $OUT (a lite checkpoint is 9.8 MB; a file over the tool's 16 MiB comes back in
+# parts). Score them here before shipping anything. Settings: MINUTES, BATCH, LR, SEED, INIT, WORKERS, GRACE_S.
+# The first sprint (2026-12-04): OUT=$OUT MINUTES=8 GRACE_S=40 BATCH=24 LR=1e-3 sh training/gpu_sprint.sh
 # Local dry run: DEVICE=cpu WORKERS=1 BATCH=2 MINUTES=0.5 SKIP_INSTALL=1 OUT=/tmp/sprint sh training/gpu_sprint.sh
 set -eu
 cd "$(dirname "$0")/.."
@@ -26,16 +28,25 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
 fi
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 $PY -m training.pseudo --jobs "$(nproc)" --data data/train data/images --out .cache/pseudo
+df -h /dev/shm | tail -1   # training.data.loader_uses_shm: batches travel in shared memory where it has room
 echo "setup took $(($(date +%s) - t0)) s; training for $MINUTES min"
 run=/tmp/sprint-run
 rm -rf "$run"
+mkdir -p "$OUT"
+# whatever the run saved last (every 250 steps, and at the end) comes back even if it fails or overruns; a file
+# over the tool's 16 MiB comes back in 15 MiB parts (join them with cat)
+copy_out() {
+    for f in model.pt model_ema.pt log.csv config.json curves.png; do
+        [ -f "$run/$f" ] || continue
+        if [ "$(stat -c %s "$run/$f")" -gt 15728640 ]; then split -b 15M -d "$run/$f" "$OUT/$f.part"; else cp "$run/$f" "$OUT/"; fi
+    done
+    ls -la "$OUT"
+}
+trap copy_out EXIT
 # the nominal 100,000 steps only set the schedule's shape: lr held for 30 % of the time, cosine to 1e-5 at the end
-$PY -m training --data data/train --labelmaps data/labelmaps --pseudo .cache/pseudo --profile lite --out "$run" \
+# a hard stop GRACE_S (90) s after the schedule's end, so that the checkpoints come back inside the device call's limit
+timeout -s INT $(awk "BEGIN{print int($MINUTES * 60 + ${GRACE_S:-90})}") $PY -m training --data data/train --labelmaps data/labelmaps --pseudo .cache/pseudo --profile lite --out "$run" \
     --init "$INIT" --device "$DEVICE" --threads 2 --batch-size "$BATCH" --num-workers "$WORKERS" --lr "$LR" --warmup-steps 100 \
     --schedule cosine --steps 100000 --decay-from 30000 --min-lr 1e-5 --time-limit-min "$MINUTES" --flip \
-    --p-refine 0.1 --click-rounds-max 5 --ema 0.999 --seed "${SEED:-11}" --ckpt-every 500 --log-every 20 --no-progress
-mkdir -p "$OUT"
-for f in model.pt model_ema.pt log.csv config.json curves.png; do
-    [ -f "$run/$f" ] && cp "$run/$f" "$OUT/"
-done
-echo "sprint done in $(($(date +%s) - t0)) s"; ls -la "$OUT"
+    --p-refine 0.1 --click-rounds-max 5 --ema 0.999 --seed "${SEED:-11}" --ckpt-every 250 --log-every 20 --no-progress
+echo "sprint done in $(($(date +%s) - t0)) s"

@@ -39,8 +39,10 @@ TRAIN_FORMAT = "segfm3d-train-v1"
 # Training Dice per source of the sample and per kind of its first prompt (after the simulated clicks, as the
 # loss sees it): which part of the mixture the model fails on.
 GROUPS = tuple(f"dice_{name}" for name in SOURCE_NAMES) + tuple(f"dice_{kind}" for kind in PROMPT_KINDS)
-LOG_COLUMNS = ["step", "loss", "dice", "soft_dice", "bce", "samples_per_s", "s_per_step", "lr", "clicked",
-               "elapsed_s", "val_dsc_auc_box", "val_dsc_final_box", "val_dsc_auc_nobox", "val_dsc_final_nobox",
+# wait_s: seconds per step spent waiting for the sample loader; sim_s: in the simulated clicks (stage-1 passes and
+# click placement): what bounds a GPU run when s_per_step is far above the network's own time.
+LOG_COLUMNS = ["step", "loss", "dice", "soft_dice", "bce", "samples_per_s", "s_per_step", "wait_s", "sim_s", "lr",
+               "clicked", "elapsed_s", "val_dsc_auc_box", "val_dsc_final_box", "val_dsc_auc_nobox", "val_dsc_final_nobox",
                *GROUPS]
 
 
@@ -446,7 +448,9 @@ def train_step(tr: Trainer) -> dict[str, float]:
     totals: dict[str, float] = {}
     clicked = 0
     for a in range(cfg.accum):
+        t_wait = time.perf_counter()
         b = next(tr.batches)
+        t_sim = time.perf_counter()
         x = b["input"].to(dev, non_blocking=True)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -454,6 +458,9 @@ def train_step(tr: Trainer) -> dict[str, float]:
         rng = np.random.default_rng([cfg.seed, 1, tr.dist.rank, tr.step, a])
         x, sim = simulate_prompts(predict, x, target, b["has_box"], rng, cfg.p_click, cfg.click_rounds,
                                   cfg.nobox_always_click, cfg.click_rounds_max)
+        t_end = time.perf_counter()  # x is read back on the CPU in the simulation, so the GPU work is included
+        totals["wait_s"] = totals.get("wait_s", 0.0) + t_sim - t_wait
+        totals["sim_s"] = totals.get("sim_s", 0.0) + t_end - t_sim
         clicked += sim.stage1_passes > 0
         sync = a == cfg.accum - 1 or not isinstance(tr.fwd, torch.nn.parallel.DistributedDataParallel)
         with (nullcontext() if sync else tr.fwd.no_sync()):
