@@ -4,7 +4,8 @@
 # them there. Trains from weights/default.pt for MINUTES of wall clock (the schedule ends on time:
 # --time-limit-min) with every core but one generating samples, and leaves model.pt, model_ema.pt, log.csv,
 # config.json and curves.png in $OUT (a lite checkpoint is 9.8 MB; a file over the tool's 16 MiB comes back in
-# parts). Score them here before shipping anything. Settings: MINUTES, BATCH, LR, SEED, INIT, WORKERS, GRACE_S.
+# parts). Score them here before shipping anything. Settings: MINUTES, BATCH, LR, SEED, INIT, GROW, WORKERS,
+# GRACE_S, RETURN.
 # The first sprint (2026-12-04): OUT=$OUT MINUTES=8 GRACE_S=40 BATCH=24 LR=1e-3 sh training/gpu_sprint.sh
 # Local dry run: DEVICE=cpu WORKERS=1 BATCH=2 MINUTES=0.5 SKIP_INSTALL=1 OUT=/tmp/sprint sh training/gpu_sprint.sh
 set -eu
@@ -16,6 +17,8 @@ DEVICE=${DEVICE:-cuda}
 BATCH=${BATCH:-16}
 LR=${LR:-5e-4}
 INIT=${INIT:-weights/default.pt}
+GROW=${GROW:-}   # e.g. lite-xl: train INIT grown into that profile (training.grow), a capacity test
+RETURN=${RETURN:-model.pt model_ema.pt log.csv config.json curves.png}   # at most 8 files come back, parts included
 WORKERS=${WORKERS:-$(($(nproc) - 1))}
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
 t0=$(date +%s)
@@ -29,6 +32,10 @@ fi
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 $PY -m training.pseudo --jobs "$(nproc)" --data data/train data/images --out .cache/pseudo
 df -h /dev/shm | tail -1   # training.data.loader_uses_shm: batches travel in shared memory where it has room
+if [ -n "$GROW" ]; then
+    $PY -m training.grow --from "$INIT" --profile "$GROW" --out /tmp/grown.pt
+    INIT=/tmp/grown.pt
+fi
 echo "setup took $(($(date +%s) - t0)) s; training for $MINUTES min"
 run=/tmp/sprint-run
 rm -rf "$run"
@@ -36,7 +43,7 @@ mkdir -p "$OUT"
 # whatever the run saved last (every 250 steps, and at the end) comes back even if it fails or overruns; a file
 # over the tool's 16 MiB comes back in 15 MiB parts (join them with cat)
 copy_out() {
-    for f in model.pt model_ema.pt log.csv config.json curves.png; do
+    for f in $RETURN; do
         [ -f "$run/$f" ] || continue
         if [ "$(stat -c %s "$run/$f")" -gt 15728640 ]; then split -b 15M -d "$run/$f" "$OUT/$f.part"; else cp "$run/$f" "$OUT/"; fi
     done
