@@ -399,3 +399,15 @@ def test_worker_batches_are_the_same_through_pipes_and_shared_memory(cases):
     assert loader_uses_shm(225 << 20, 15, 4, free_bytes=64 << 30)
     assert not loader_uses_shm(225 << 20, 15, 4, free_bytes=64 << 20)  # a container's default /dev/shm
     assert not loader_uses_shm(1, 0, 4, free_bytes=64 << 30)  # no workers: nothing crosses processes
+
+
+def test_trace_steps_writes_where_the_time_goes(cases, tmp_path):
+    """--trace-steps: after 20 untimed steps, torch.profiler over the next N writes profile.txt with the stages."""
+    import time
+    t0 = time.perf_counter()
+    train(tiny_cfg(cases, tmp_path / "t", steps=23, trace_steps=2, log_every=23, p_click=1.0))
+    text = (tmp_path / "t" / "profile.txt").read_text()
+    assert "over 2 training steps" in text
+    for stage in ("loader", "simulate_prompts", "forward_backward", "optimizer"):
+        assert stage in text, stage
+    assert time.perf_counter() - t0 < 60

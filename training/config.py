@@ -124,6 +124,8 @@ class TrainConfig:
                                  "`python -m training.curve` (0: never)")
     export: str = opt("", "also write the native inference checkpoint to this path at every checkpoint")
     log_every: int = opt(10, "write a log.csv row every N steps (loss and Dice averaged over them)")
+    trace_steps: int = opt(0, "profile this many steps with torch.profiler after 20 untimed ones and write "
+                              "<out>/profile.txt: where a step's time goes, by stage and by operator (0: off)")
     resume: bool = opt(False, "continue from <out>/last.pt exactly where it stopped (same next step)")
     val_data: str = opt("", "held-out folder of *.npz with gts for periodic validation (evaluation harness)")
     val_every: int = opt(0, "validate every N steps (0: only --val-data at the end, if given)")

@@ -5,7 +5,7 @@
 # --time-limit-min) with every core but one generating samples, and leaves model.pt, model_ema.pt, log.csv,
 # config.json and curves.png in $OUT (a lite checkpoint is 9.8 MB; a file over the tool's 16 MiB comes back in
 # parts). Score them here before shipping anything. Settings: MINUTES, BATCH, LR, SEED, INIT, GROW, WORKERS,
-# GRACE_S, RETURN.
+# GRACE_S, RETURN, TRACE_STEPS (profile.txt: where a step's time goes, training.trace).
 # The first sprint (2026-12-04): OUT=$OUT MINUTES=8 GRACE_S=40 BATCH=24 LR=1e-3 sh training/gpu_sprint.sh
 # Local dry run: DEVICE=cpu WORKERS=1 BATCH=2 MINUTES=0.5 SKIP_INSTALL=1 OUT=/tmp/sprint sh training/gpu_sprint.sh
 set -eu
@@ -18,7 +18,7 @@ BATCH=${BATCH:-16}
 LR=${LR:-5e-4}
 INIT=${INIT:-weights/default.pt}
 GROW=${GROW:-}   # e.g. lite-xl: train INIT grown into that profile (training.grow), a capacity test
-RETURN=${RETURN:-model.pt model_ema.pt log.csv config.json curves.png}   # at most 8 files come back, parts included
+RETURN=${RETURN:-model.pt model_ema.pt log.csv config.json curves.png profile.txt}   # at most 8 files come back, parts included
 WORKERS=${WORKERS:-$(($(nproc) - 1))}
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
 t0=$(date +%s)
@@ -55,5 +55,6 @@ trap copy_out EXIT
 timeout -s INT $(awk "BEGIN{print int($MINUTES * 60 + ${GRACE_S:-90})}") $PY -m training --data data/train --labelmaps data/labelmaps --pseudo .cache/pseudo --profile lite --out "$run" \
     --init "$INIT" --device "$DEVICE" --threads 2 --batch-size "$BATCH" --num-workers "$WORKERS" --lr "$LR" --warmup-steps 100 \
     --schedule cosine --steps 100000 --decay-from 30000 --min-lr 1e-5 --time-limit-min "$MINUTES" --flip \
-    --p-refine 0.1 --click-rounds-max 5 --ema 0.999 --seed "${SEED:-11}" --ckpt-every 250 --log-every 20 --no-progress
+    --p-refine 0.1 --click-rounds-max 5 --ema 0.999 --seed "${SEED:-11}" --ckpt-every 250 --log-every 20 --no-progress \
+    --trace-steps "${TRACE_STEPS:-10}"
 echo "sprint done in $(($(date +%s) - t0)) s"

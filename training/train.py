@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from inference import precision
 from inference.network import (PROFILES, LoadedModel, atomic_torch_save, checkpoint_dict, load_model, member_count,
@@ -34,6 +35,7 @@ from .data import (PROMPT_KINDS, CaseStore, PromptDataset, SampleOptions, Stream
 from .difficulty import read_difficulty
 from .mixture import SOURCE_NAMES, Mixture, Sources
 from .simulate import hard_dice, make_predict, segmentation_loss, simulate_prompts
+from .trace import StepTracer
 
 TRAIN_FORMAT = "segfm3d-train-v1"
 # Training Dice per source of the sample and per kind of its first prompt (after the simulated clicks, as the
@@ -449,21 +451,23 @@ def train_step(tr: Trainer) -> dict[str, float]:
     clicked = 0
     for a in range(cfg.accum):
         t_wait = time.perf_counter()
-        b = next(tr.batches)
+        with record_function("loader"):
+            b = next(tr.batches)
         t_sim = time.perf_counter()
         x = b["input"].to(dev, non_blocking=True)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         target = b["target"].to(dev, non_blocking=True)
         rng = np.random.default_rng([cfg.seed, 1, tr.dist.rank, tr.step, a])
-        x, sim = simulate_prompts(predict, x, target, b["has_box"], rng, cfg.p_click, cfg.click_rounds,
-                                  cfg.nobox_always_click, cfg.click_rounds_max)
+        with record_function("simulate_prompts"):
+            x, sim = simulate_prompts(predict, x, target, b["has_box"], rng, cfg.p_click, cfg.click_rounds,
+                                      cfg.nobox_always_click, cfg.click_rounds_max)
         t_end = time.perf_counter()  # x is read back on the CPU in the simulation, so the GPU work is included
         totals["wait_s"] = totals.get("wait_s", 0.0) + t_sim - t_wait
         totals["sim_s"] = totals.get("sim_s", 0.0) + t_end - t_sim
         clicked += sim.stage1_passes > 0
         sync = a == cfg.accum - 1 or not isinstance(tr.fwd, torch.nn.parallel.DistributedDataParallel)
-        with (nullcontext() if sync else tr.fwd.no_sync()):
+        with (nullcontext() if sync else tr.fwd.no_sync()), record_function("forward_backward"):
             with tr.autocast():
                 logits = tr.fwd(x)
             loss, parts = segmentation_loss(logits, target, cfg.dice_weight)
@@ -477,18 +481,19 @@ def train_step(tr: Trainer) -> dict[str, float]:
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + v / cfg.accum
         add_group_dice(totals, hard, b)
-    if tr.scaler is not None:
-        tr.scaler.unscale_(tr.optimizer)
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(tr.net.parameters(), cfg.grad_clip)
-    if tr.scaler is not None:
-        tr.scaler.step(tr.optimizer)
-        tr.scaler.update()
-    else:
-        tr.optimizer.step()
-    tr.optimizer.zero_grad(set_to_none=True)
-    if tr.ema is not None:
-        tr.ema.update_parameters(tr.net)
+    with record_function("optimizer"):
+        if tr.scaler is not None:
+            tr.scaler.unscale_(tr.optimizer)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(tr.net.parameters(), cfg.grad_clip)
+        if tr.scaler is not None:
+            tr.scaler.step(tr.optimizer)
+            tr.scaler.update()
+        else:
+            tr.optimizer.step()
+        tr.optimizer.zero_grad(set_to_none=True)
+        if tr.ema is not None:
+            tr.ema.update_parameters(tr.net)
     tr.step += 1
     totals["lr"] = lr
     totals["clicked"] = clicked / cfg.accum
@@ -617,6 +622,9 @@ def train(cfg: C.TrainConfig, given: set[str] | None = None,
     n_acc, t_last, t0 = 0, clock(), clock()
     samples_per_step = cfg.batch_size * cfg.accum * tr.dist.world
     start_step, saved = tr.step, True
+    tracer = None
+    if cfg.trace_steps > 0 and tr.dist.main:
+        tracer = StepTracer(Path(cfg.out), cfg.trace_steps, tr.device.type)
 
     def write_row(now: float, lr: float) -> None:  # a log.csv row: the metrics averaged since the last one
         nonlocal acc, n_acc, t_last
@@ -632,7 +640,11 @@ def train(cfg: C.TrainConfig, given: set[str] | None = None,
             tr.clock_step = schedule_clock(clock() - t0, cfg, start_step, tr.dist, tr.device)
             if tr.clock_step >= cfg.steps:
                 break
+        if tracer is not None:
+            tracer.step_begins()
         metrics = train_step(tr)
+        if tracer is not None:
+            tracer.step_ends()
         saved = False
         for k, v in metrics.items():
             acc[k] = acc.get(k, 0.0) + v
