@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from evaluation.boxes import box_from_mask, jitter_shift
 from evaluation.clicks import simulate_click
-from inference.network import CHANNELS
+from inference.network import CHANNELS, NUM_INPUT_CHANNELS
 from inference.prompts import ClassPrompts, ImageStats, draw_ball, encode, image_stats
 from inference.window import Window, zoom_factor
 
@@ -615,18 +615,17 @@ def make_loader(dataset: PromptDataset, sampler: StreamSampler, batch_size: int,
     prefetch = 4
     if shared is None:
         voxels = int(np.prod(dataset.opts.patch))
-        shared = loader_uses_shm(batch_size * voxels * (4 * 8 + 1), num_workers, prefetch)
+        shared = loader_uses_shm(batch_size * voxels * (4 * NUM_INPUT_CHANNELS + 1), num_workers, prefetch)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
         collate_fn=collate_torch if shared else collate, pin_memory=pin_memory and shared,
         persistent_workers=True, prefetch_factor=prefetch, worker_init_fn=die_with_parent,
         multiprocessing_context="fork" if hasattr(os, "fork") else None)
+    if shared:  # already torch tensors, pinned by the loader
+        return iter(loader)
 
     def gen_workers() -> Iterator[dict[str, torch.Tensor]]:
         for b in loader:
-            if shared:
-                yield b
-                continue
             t = to_torch(b)
             if pin_memory:
                 t = {k: v.pin_memory() for k, v in t.items()}
