@@ -162,6 +162,27 @@ def test_simulate_prompts_rounds_and_skip():
     assert drawn == {1, 2, 3}
 
 
+def test_simulate_prompts_staged_copy_matches_in_place(monkeypatch):
+    """On a GPU the clicks are placed on a CPU copy and the edited channels copied back once per round; the
+    batch that comes out is the one that in-place editing gives (forced here on the CPU)."""
+    import training.simulate as sim
+
+    rng = np.random.default_rng(3)
+    target = torch.from_numpy(rng.random((3, *PATCH)) > 0.7)
+    x = torch.from_numpy(rng.random((3, 8, *PATCH)).astype(np.float32))
+
+    def predict(inp):  # depends on the clicks and the previous mask, so every round sees the last one's edits
+        return torch.sigmoid(inp[:, CHANNELS["click_pos"]] - inp[:, CHANNELS["click_neg"]] + inp[:, 0] - 0.5
+                             + inp[:, CHANNELS["prev_seg"]])
+
+    has_box = torch.tensor([True, False, True])
+    ref, st_ref = simulate_prompts(predict, x, target, has_box, np.random.default_rng(1), p_click=1.0, rounds=3)
+    monkeypatch.setattr(sim, "staging_copy", lambda t: t.clone())
+    out, st = simulate_prompts(predict, x, target, has_box, np.random.default_rng(1), p_click=1.0, rounds=3)
+    assert st == st_ref and st.clicks_fg + st.clicks_bg > 3
+    assert torch.equal(out, ref)
+
+
 def test_loss_weights_dice_ten_times():
     target = torch.zeros((1, *PATCH), dtype=torch.bool)
     target[:, :8] = True

@@ -56,6 +56,14 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: f
     return loss, {"loss": float(loss.detach()), "bce": float(bce.detach()), "soft_dice": float(sd.mean().detach())}
 
 
+EDITED_CHANNELS = (CHANNELS["prev_seg"], CHANNELS["click_pos"], CHANNELS["click_neg"])  # what place_click writes
+
+
+def staging_copy(x: torch.Tensor) -> torch.Tensor:
+    """Where clicks are placed: x itself on the CPU, else a CPU copy of it."""
+    return x.cpu()
+
+
 def place_click(x: torch.Tensor, pred: np.ndarray, target: np.ndarray) -> str | None:
     """Put the binarised prediction in prev_seg and draw the evaluator's click into x (8, z, y, x) in place.
 
@@ -108,18 +116,24 @@ def simulate_prompts(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.T
         rounds = int(rng.integers(rounds, max_rounds + 1))
     x = x.clone()
     tgt = target.bool().cpu().numpy()
+    # clicks are placed on a CPU copy of the batch and the edited channels go back in one copy per round: on a
+    # GPU, editing each sample's channels in place cost 3 small transfers and a synchronisation per sample
+    host = staging_copy(x)
     for _ in range(rounds):
         probs = predict(x)
         stats.stage1_passes += 1
         pred = (probs > 0.5).cpu().numpy()
         for i in np.flatnonzero(chosen.numpy()):
-            kind = place_click(x[i], pred[i], tgt[i])
+            kind = place_click(host[i], pred[i], tgt[i])
             if kind == "fg":
                 stats.clicks_fg += 1
             elif kind == "bg":
                 stats.clicks_bg += 1
             else:
                 stats.no_error += 1
+        if host is not x:
+            for ch in EDITED_CHANNELS:
+                x[:, ch].copy_(host[:, ch])
     return x, stats
 
 

@@ -1,0 +1,135 @@
+"""`python -m training.probe`: does a model segment what the image shows, or mostly fill the prompt?
+
+For each training source it draws box-prompted training samples (the organizer's box, no clicks, no
+augmentation; training data only, never the held-out cases) and reports the mean Dice of
+
+- `model`: the checkpoint's prediction from the sample as trained (image + box);
+- `no image`: the same input with the image channel set to 0 (the volume's mean after z-scoring), so what
+  the box alone makes the network predict;
+- `box fill`: the box itself taken as the segmentation (no network).
+
+`image gain` = model - no image is what the network reads from the image; `over box` = model - box fill is
+what it adds to painting the prompt. A network that has learned to segment has a large image gain; one that
+has mostly learned the prompt's shape scores close to `no image`. Samples are a pure function of --seed, so
+checkpoints are compared on the same samples. All arrays are (z, y, x) patches of the model's patch size.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+PROBE_OVERRIDES = dict(p_no_box=0.0, p_viewer=0.0, p_refine=0.0, flip=False, p_spatial=0.0, p_appearance=0.0,
+                       intensity_scale=0.0, intensity_shift=0.0, shift_frac=0.0)
+COLUMNS = ("model", "no image", "box fill")
+
+
+def dice(pred: np.ndarray, target: np.ndarray) -> float:
+    """Dice of two bool masks (1 when both are empty)."""
+    total = int(pred.sum()) + int(target.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, target).sum()) / total
+
+
+def probe_scores(predict, inputs: np.ndarray, targets: np.ndarray, image_channel: int,
+                 box_channel: int) -> np.ndarray:
+    """(N, 3) Dice per sample of `COLUMNS` for inputs (N, C, z, y, x) and bool targets (N, z, y, x);
+    `predict` maps an input batch (torch) to bool foreground masks (numpy, (N, z, y, x))."""
+    x = torch.from_numpy(inputs)
+    with_image = predict(x)
+    blind = x.clone()
+    blind[:, image_channel] = 0.0
+    without_image = predict(blind)
+    box = inputs[:, box_channel] > 0.5
+    return np.array([[dice(a[i], targets[i]) for a in (with_image, without_image, box)]
+                     for i in range(len(inputs))])
+
+
+def draw_samples(cfg, source: str, n: int, seed: int, patch: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """n box-prompted samples of one source (inputs (n, C, z, y, x) float32, targets (n, z, y, x) bool)."""
+    from . import config as C
+    from .data import SampleOptions, list_cases, make_sample
+    from .mixture import SOURCE_NAMES
+    from .train import build_sources
+
+    one = C.TrainConfig(**{**asdict(cfg), **PROBE_OVERRIDES, **{f"mix_{m}": float(m == source) for m in SOURCE_NAMES}})
+    sources = build_sources(one, list_cases(one.data), 1)
+    opts = SampleOptions.from_config(one, patch)
+    samples = [make_sample(sources, opts, seed, i) for i in range(n)]
+    return np.stack([s["input"] for s in samples]), np.stack([s["target"] for s in samples]).astype(bool)
+
+
+def network_predictor(model, batch: int = 4):
+    """Thresholded foreground of a LoadedModel's network, run in batches on the CPU."""
+    from .simulate import binary_logit
+
+    net = model.net.eval()
+
+    def predict(x: torch.Tensor) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(x), batch):
+                out.append((binary_logit(net(x[i:i + batch]).float()) > 0).numpy())
+        return np.concatenate(out)
+    return predict
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.probe", description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoints", nargs="+", help="model checkpoints to probe on the same samples")
+    ap.add_argument("--data", default="data/train", help="training cases (default: data/train)")
+    ap.add_argument("--labelmaps", default="data/labelmaps")
+    ap.add_argument("--pseudo", default=".cache/pseudo")
+    ap.add_argument("--sources", nargs="+", default=None, help="training sources to probe (default: all present)")
+    ap.add_argument("--samples", type=int, default=32, help="samples per source (default 32)")
+    ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--csv", type=Path, default=None, help="also write the table here")
+    args = ap.parse_args(argv)
+
+    from inference.network import CHANNELS, load_model
+
+    from . import config as C
+    from .mixture import SOURCE_NAMES
+
+    torch.set_num_threads(args.threads)
+    cfg = C.TrainConfig(data=args.data, labelmaps=args.labelmaps, pseudo=args.pseudo)
+    models = [load_model(p) for p in args.checkpoints]
+    patch = tuple(models[0].patch_size)
+    if any(tuple(m.patch_size) != patch for m in models):
+        print("error: the checkpoints have different patch sizes; probe them one by one", file=sys.stderr)
+        return 2
+    rows = []
+    for source in args.sources or SOURCE_NAMES:
+        try:
+            inputs, targets = draw_samples(cfg, source, args.samples, args.seed, patch)
+        except (ValueError, RuntimeError) as err:  # a source without data
+            print(f"[probe] {source}: skipped ({err})", file=sys.stderr)
+            continue
+        for path, model in zip(args.checkpoints, models):
+            s = probe_scores(network_predictor(model), inputs, targets, CHANNELS["image"], CHANNELS["box_pos"]).mean(0)
+            rows.append({"checkpoint": path, "source": source, "samples": len(inputs),
+                         **{c: round(float(v), 4) for c, v in zip(COLUMNS, s)},
+                         "image gain": round(float(s[0] - s[1]), 4), "over box": round(float(s[0] - s[2]), 4)})
+            print(f"[probe] {path} {source}: " + ", ".join(f"{k} {rows[-1][k]:.3f}" for k in
+                                                           (*COLUMNS, "image gain", "over box")), file=sys.stderr)
+    keys = ["checkpoint", "source", "samples", *COLUMNS, "image gain", "over box"]
+    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, keys)
+            w.writeheader()
+            w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
