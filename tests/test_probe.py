@@ -8,7 +8,7 @@ import torch
 
 from inference.network import CHANNELS, new_model, save_checkpoint
 from training.data import write_synthetic_cases
-from training.probe import COLUMNS, dice, main, probe_scores
+from training.probe import COLUMNS, dice, fit_fixed_batch, main, probe_scores
 
 IMG, BOX = CHANNELS["image"], CHANNELS["box_pos"]
 
@@ -75,3 +75,13 @@ def test_probe_cli_on_synthetic_cases(tmp_path, capsys):
         assert all(0.0 <= v <= 1.0 for v in vals.values())
         assert abs(float(r["image gain"]) - (vals["model"] - vals["no image"])) < 2e-3
     assert "| checkpoint | source |" in capsys.readouterr().out
+
+
+def test_fitting_a_fixed_batch_raises_its_dice():
+    inputs, targets = boxed_blobs(n=2)
+    torch.manual_seed(0)
+    net = new_model("tiny", seed=0).net
+    log = fit_fixed_batch(net, inputs, targets, steps=40, lr=1e-2, amp="none", every=10)
+    assert [s for s, _, _ in log] == [0, 10, 20, 30, 39]
+    assert log[-1][1] > log[0][1] + 0.2 and log[-1][1] > 0.8
+    assert all(n > 0 for _, _, n in log)

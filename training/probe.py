@@ -12,6 +12,10 @@ augmentation; training data only, never the held-out cases) and reports the mean
 what it adds to painting the prompt. A network that has learned to segment has a large image gain; one that
 has mostly learned the prompt's shape scores close to `no image`. Samples are a pure function of --seed, so
 checkpoints are compared on the same samples. All arrays are (z, y, x) patches of the model's patch size.
+
+`--fit-steps N` adds an optimisation check: a copy of each model is trained on one fixed batch of real samples
+(AdamW, the training loss, the clip of `TrainConfig.grad_clip`) and the Dice printed every 10 steps, so a
+learning rate, precision or loss change can be judged by how fast the network fits what it sees.
 """
 from __future__ import annotations
 
@@ -79,6 +83,32 @@ def network_predictor(model, batch: int = 4):
     return predict
 
 
+def fit_fixed_batch(net: torch.nn.Module, inputs: np.ndarray, targets: np.ndarray, steps: int, lr: float,
+                    amp: str = "bf16", grad_clip: float = 12.0, every: int = 10) -> list[tuple[int, float, float]]:
+    """Train `net` (in place) on one fixed batch for `steps` AdamW steps with the training loss; returns
+    (step, hard Dice of that step's forward pass, gradient norm before clipping) every `every` steps and at the end."""
+    from contextlib import nullcontext
+
+    from .simulate import hard_dice, segmentation_loss
+
+    x, t = torch.from_numpy(inputs), torch.from_numpy(targets)
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp == "bf16" else nullcontext
+    out = []
+    for step in range(steps):
+        with ctx():
+            logits = net(x)
+        loss, _ = segmentation_loss(logits, t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip if grad_clip > 0 else float("inf")))
+        opt.step()
+        if step % every == 0 or step == steps - 1:
+            out.append((step, float(hard_dice(logits.detach(), t).mean()), norm))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.probe", description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoints", nargs="+", help="model checkpoints to probe on the same samples")
@@ -90,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--csv", type=Path, default=None, help="also write the table here")
+    ap.add_argument("--fit-steps", type=int, default=0,
+                    help="also train a copy of each model on one fixed batch of real samples for this many steps")
+    ap.add_argument("--fit-samples", type=int, default=6, help="samples in the fixed batch (default 6)")
+    ap.add_argument("--fit-lr", type=float, default=1e-3, help="AdamW learning rate of the fit (default 1e-3)")
+    ap.add_argument("--fit-amp", choices=("bf16", "none"), default="bf16", help="autocast of the fit (default bf16)")
     args = ap.parse_args(argv)
 
     from inference.network import CHANNELS, load_model
@@ -118,6 +153,14 @@ def main(argv: list[str] | None = None) -> int:
                          "image gain": round(float(s[0] - s[1]), 4), "over box": round(float(s[0] - s[2]), 4)})
             print(f"[probe] {path} {source}: " + ", ".join(f"{k} {rows[-1][k]:.3f}" for k in
                                                            (*COLUMNS, "image gain", "over box")), file=sys.stderr)
+    if args.fit_steps > 0:
+        inputs, targets = draw_samples(cfg, "real", args.fit_samples, args.seed + 1, patch)
+        for path in args.checkpoints:
+            net = load_model(path).net
+            for step, d, norm in fit_fixed_batch(net, inputs, targets, args.fit_steps, args.fit_lr, args.fit_amp,
+                                                 cfg.grad_clip):
+                print(f"[probe] fit {path} ({args.fit_amp}, lr {args.fit_lr:g}): step {step} Dice {d:.3f} "
+                      f"gradient norm {norm:.2f}", file=sys.stderr)
     keys = ["checkpoint", "source", "samples", *COLUMNS, "image gain", "over box"]
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:
