@@ -183,6 +183,25 @@ def test_simulate_prompts_staged_copy_matches_in_place(monkeypatch):
     assert torch.equal(out, ref)
 
 
+def test_simulate_prompts_with_a_click_pool_places_the_same_clicks():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4)
+    target = torch.from_numpy(rng.random((4, *PATCH)) > 0.6)
+    x = torch.from_numpy(rng.random((4, 8, *PATCH)).astype(np.float32))
+
+    def predict(inp):
+        return torch.sigmoid(inp[:, CHANNELS["click_pos"]] - inp[:, CHANNELS["click_neg"]] + inp[:, 0] - 0.5)
+
+    has_box = torch.ones(4, dtype=torch.bool)
+    ref, st_ref = simulate_prompts(predict, x, target, has_box, np.random.default_rng(2), p_click=1.0, rounds=3)
+    with ThreadPoolExecutor(3) as pool:
+        out, st = simulate_prompts(predict, x, target, has_box, np.random.default_rng(2), p_click=1.0, rounds=3,
+                                   pool=pool)
+    assert st == st_ref and st.clicks_fg + st.clicks_bg == 12
+    assert torch.equal(out, ref)
+
+
 def test_loss_weights_dice_ten_times():
     target = torch.zeros((1, *PATCH), dtype=torch.bool)
     target[:, :8] = True
@@ -331,8 +350,9 @@ def test_warm_start_from_nninteractive_folder(cases, tmp_path):
 
 def test_grad_checkpoint_flips_and_accumulation_step(cases, tmp_path):
     cfg = tiny_cfg(cases, tmp_path / "gc", grad_checkpoint=True, flip=True, accum=2, p_click=1.0,
-                   schedule="cosine", warmup_steps=1)
+                   schedule="cosine", warmup_steps=1, click_threads=2)
     tr = setup(cfg)
+    assert tr.click_pool is not None  # --click-threads 2: the clicks of a batch are computed in 2 threads
     before = {k: v.clone() for k, v in tr.net.state_dict().items()}
     m = train_step(tr)
     assert np.isfinite(m["loss"]) and m["clicked"] == 1.0 and tr.step == 1

@@ -64,6 +64,8 @@ class TrainConfig:
     click_rounds: int = opt(1, "clicks simulated per clicking batch (k rounds of predict-then-click)")
     click_rounds_max: int = opt(0, "when above --click-rounds: the rounds of each clicking batch are drawn "
                                    "uniformly from click-rounds..this (the organizer clicks up to 5 times)")
+    click_threads: int = opt(1, "threads that compute the simulated clicks of a batch's samples in parallel (cc3d "
+                                "and the distance transform release the GIL; on a GPU machine with cores to spare: 4)")
     nobox_always_click: bool = opt(False, "no-box samples always get a simulated click after stage 1 "
                                           "(default: they follow --p-click; their first click is a prompt already)")
     p_viewer: float = opt(0.15, "probability that a sample's first prompt is a viewer's 2D box, lasso or "
@@ -153,7 +155,7 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {v}")
         if self.coreset <= 0:
             raise ValueError("--coreset must be > 0")
-        for name in ("steps", "batch_size", "accum", "click_rounds"):
+        for name in ("steps", "batch_size", "accum", "click_rounds", "click_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.click_rounds_max and self.click_rounds_max < self.click_rounds:

@@ -7,7 +7,7 @@
 # parts). Score them here before shipping anything. Settings: MINUTES, BATCH, LR, SEED, INIT, GROW, WORKERS,
 # GRACE_S, RETURN, TRACE_STEPS (profile.txt: where a step's time goes, training.trace), DECAY_FROM (the nominal
 # step the cosine starts at, of 100,000: 30,000 = after 30 % of the time; 100000 = lr held to the end), EXTRA
-# (more `python -m training` arguments), RESUME=1 (a later call on the same warm machine: continue the run the
+# (more `python -m training` arguments), CLICK_THREADS (--click-threads), RESUME=1 (a later call on the same warm machine: continue the run the
 # last call left in /tmp/sprint-run for MINUTES more, setup skipped; its lr schedule starts over on the new
 # clock, so hold the lr in the first call with DECAY_FROM=100000 and let the resumed call decay it).
 # The first sprint (2026-12-04): OUT=$OUT MINUTES=8 GRACE_S=40 BATCH=24 LR=1e-3 sh training/gpu_sprint.sh
@@ -64,5 +64,5 @@ timeout -s INT $(awk "BEGIN{print int($MINUTES * 60 + ${GRACE_S:-90})}") $PY -m 
     --init "$INIT" --device "$DEVICE" --threads 2 --batch-size "$BATCH" --num-workers "$WORKERS" --lr "$LR" --warmup-steps 100 \
     --schedule cosine --steps 100000 --decay-from "${DECAY_FROM:-30000}" --min-lr 1e-5 --time-limit-min "$MINUTES" --flip \
     --p-refine 0.1 --click-rounds-max 5 --ema 0.999 --seed "${SEED:-11}" --ckpt-every 250 --log-every 20 --no-progress \
-    --trace-steps "$TRACE_STEPS" ${RESUME:+--resume} ${EXTRA:-}
+    --trace-steps "$TRACE_STEPS" --click-threads "${CLICK_THREADS:-1}" ${RESUME:+--resume} ${EXTRA:-}
 echo "sprint done in $(($(date +%s) - t0)) s"

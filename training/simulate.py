@@ -10,6 +10,7 @@ All masks and coordinates are in the patch grid, (z, y, x).
 """
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.clicks import simulate_click
+from evaluation.clicks import Click, simulate_click
 from inference.network import CHANNELS
 from inference.prompts import draw_ball
 
@@ -69,8 +70,12 @@ def place_click(x: torch.Tensor, pred: np.ndarray, target: np.ndarray) -> str | 
 
     Returns 'fg', 'bg', or None when the prediction has no error (then only prev_seg changes).
     """
+    return apply_click(x, pred, simulate_click(pred, target))
+
+
+def apply_click(x: torch.Tensor, pred: np.ndarray, click: Click | None) -> str | None:
+    """`place_click` with the click (`simulate_click(pred, target)`) already computed."""
     x[CHANNELS["prev_seg"]] = torch.from_numpy(pred.astype(np.float32)).to(x.device)
-    click = simulate_click(pred, target)
     if click is None:
         return None
     coord, kind = click
@@ -96,14 +101,16 @@ class SimulationStats:
 
 def simulate_prompts(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, target: torch.Tensor,
                      has_box: torch.Tensor, rng: np.random.Generator, p_click: float = 0.5, rounds: int = 1,
-                     nobox_always_click: bool = False, max_rounds: int = 0) -> tuple[torch.Tensor, SimulationStats]:
+                     nobox_always_click: bool = False, max_rounds: int = 0,
+                     pool: Executor | None = None) -> tuple[torch.Tensor, SimulationStats]:
     """The stage-2 input for a batch: x (B, 8, z, y, x) with k rounds of simulated clicks added, or x itself.
 
     `predict` maps an input batch to foreground probabilities (B, z, y, x) without gradient. A batch
     clicks with probability p_click (all its samples); with `nobox_always_click`, no-box samples click
     in every batch. Batches that do not click skip stage 1 entirely. k = `rounds`, or, with `max_rounds` >
     `rounds`, drawn uniformly from rounds..max_rounds for each clicking batch (the organizer clicks up to 5
-    times: the later clicks then meet a previous mask and several clicks, as at inference).
+    times: the later clicks then meet a previous mask and several clicks, as at inference). With a thread
+    `pool` the samples' clicks are computed in parallel (the same clicks, placed in the same order).
     """
     stats = SimulationStats()
     batch_clicks = bool(rng.random() < p_click)
@@ -123,8 +130,11 @@ def simulate_prompts(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.T
         probs = predict(x)
         stats.stage1_passes += 1
         pred = (probs > 0.5).cpu().numpy()
-        for i in np.flatnonzero(chosen.numpy()):
-            kind = place_click(host[i], pred[i], tgt[i])
+        idx = np.flatnonzero(chosen.numpy())
+        preds, tgts = [pred[i] for i in idx], [tgt[i] for i in idx]
+        clicks = list(pool.map(simulate_click, preds, tgts) if pool is not None else map(simulate_click, preds, tgts))
+        for i, click in zip(idx, clicks):
+            kind = apply_click(host[i], pred[i], click)
             if kind == "fg":
                 stats.clicks_fg += 1
             elif kind == "bg":

@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -339,6 +340,7 @@ class Trainer:
     step: int = 0
     ema: Any = None                 # torch.optim.swa_utils.AveragedModel of `net` with --ema, else None
     clock_step: int | None = None   # under --time-limit-min: the step the wall clock has reached (schedule_clock)
+    click_pool: Any = None          # --click-threads > 1: the thread pool that computes simulated clicks
 
 
 def to_channels_last(net: torch.nn.Module) -> torch.nn.Module:
@@ -418,8 +420,10 @@ def setup(cfg: C.TrainConfig, given: set[str] | None = None) -> Trainer:
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         C.save_json(cfg, out / "config.json")
+    # the pool starts its threads at the first clicking batch, after the loader has forked its workers
+    pool = ThreadPoolExecutor(cfg.click_threads, thread_name_prefix="clicks") if cfg.click_threads > 1 else None
     return Trainer(cfg, dist, device, model, net, fwd, core, optimizer, scaler, autocast, batches, patch, dataset, step,
-                   ema)
+                   ema, click_pool=pool)
 
 
 def add_group_dice(totals: dict[str, float], dice: np.ndarray, batch: dict[str, torch.Tensor]) -> None:
@@ -461,7 +465,7 @@ def train_step(tr: Trainer) -> dict[str, float]:
         rng = np.random.default_rng([cfg.seed, 1, tr.dist.rank, tr.step, a])
         with record_function("simulate_prompts"):
             x, sim = simulate_prompts(predict, x, target, b["has_box"], rng, cfg.p_click, cfg.click_rounds,
-                                      cfg.nobox_always_click, cfg.click_rounds_max)
+                                      cfg.nobox_always_click, cfg.click_rounds_max, tr.click_pool)
         t_end = time.perf_counter()  # x is read back on the CPU in the simulation, so the GPU work is included
         totals["wait_s"] = totals.get("wait_s", 0.0) + t_sim - t_wait
         totals["sim_s"] = totals.get("sim_s", 0.0) + t_end - t_sim
