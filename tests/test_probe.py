@@ -8,7 +8,7 @@ import torch
 
 from inference.network import CHANNELS, new_model, save_checkpoint
 from training.data import write_synthetic_cases
-from training.probe import COLUMNS, dice, fit_fixed_batch, main, probe_scores
+from training.probe import COLUMNS, fit_fixed_batch, main, probe_scores
 
 IMG, BOX = CHANNELS["image"], CHANNELS["box_pos"]
 
@@ -25,16 +25,6 @@ def boxed_blobs(n: int = 4, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = [np.argwhere(t).min(0), np.argwhere(t).max(0) + 1]
         inputs[i, BOX, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1.0
     return inputs, targets
-
-
-def test_dice_of_masks():
-    a = np.zeros((4, 4), bool)
-    b = a.copy()
-    assert dice(a, b) == 1.0
-    a[0] = True
-    assert dice(a, b) == 0.0
-    b[0, :2] = True
-    assert dice(a, b) == 2 * 2 / 6
 
 
 def test_a_box_painter_gains_nothing_from_the_image_and_a_reader_does():

@@ -20,6 +20,7 @@ learning rate, precision or loss change can be judged by how fast the network fi
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import sys
 from dataclasses import asdict
@@ -29,15 +30,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from evaluation.metrics import dice
+
 PROBE_OVERRIDES = dict(p_no_box=0.0, p_viewer=0.0, p_refine=0.0, flip=False, p_spatial=0.0, p_appearance=0.0,
                        intensity_scale=0.0, intensity_shift=0.0, shift_frac=0.0)
 COLUMNS = ("model", "no image", "box fill")
-
-
-def dice(pred: np.ndarray, target: np.ndarray) -> float:
-    """Dice of two bool masks (1 when both are empty)."""
-    total = int(pred.sum()) + int(target.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, target).sum()) / total
 
 
 def probe_scores(predict, inputs: np.ndarray, targets: np.ndarray, image_channel: int,
@@ -84,17 +81,18 @@ def network_predictor(model, batch: int = 4):
 
 
 def fit_fixed_batch(net: torch.nn.Module, inputs: np.ndarray, targets: np.ndarray, steps: int, lr: float,
-                    amp: str = "bf16", grad_clip: float = 12.0, every: int = 10) -> list[tuple[int, float, float]]:
+                    amp: str = "bf16", grad_clip: float = 12.0, weight_decay: float = 0.01,
+                    every: int = 10) -> list[tuple[int, float, float]]:
     """Train `net` (in place) on one fixed batch for `steps` AdamW steps with the training loss; returns
-    (step, hard Dice of that step's forward pass, gradient norm before clipping) every `every` steps and at the end."""
-    from contextlib import nullcontext
-
+    (step, hard Dice of that step's forward pass, gradient norm before clipping) every `every` steps and at the end.
+    `amp` is `--amp` of training (bf16 or none here, on the CPU)."""
     from .simulate import hard_dice, segmentation_loss
+    from .train import autocast_factory
 
     x, t = torch.from_numpy(inputs), torch.from_numpy(targets)
     net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp == "bf16" else nullcontext
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    ctx, _ = autocast_factory(torch.device("cpu"), amp)
     out = []
     for step in range(steps):
         with ctx():
@@ -155,10 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                                                            (*COLUMNS, "image gain", "over box")), file=sys.stderr)
     if args.fit_steps > 0:
         inputs, targets = draw_samples(cfg, "real", args.fit_samples, args.seed + 1, patch)
-        for path in args.checkpoints:
-            net = load_model(path).net
-            for step, d, norm in fit_fixed_batch(net, inputs, targets, args.fit_steps, args.fit_lr, args.fit_amp,
-                                                 cfg.grad_clip):
+        for path, model in zip(args.checkpoints, models):
+            for step, d, norm in fit_fixed_batch(copy.deepcopy(model.net), inputs, targets, args.fit_steps,
+                                                 args.fit_lr, args.fit_amp, cfg.grad_clip, cfg.weight_decay):
                 print(f"[probe] fit {path} ({args.fit_amp}, lr {args.fit_lr:g}): step {step} Dice {d:.3f} "
                       f"gradient norm {norm:.2f}", file=sys.stderr)
     keys = ["checkpoint", "source", "samples", *COLUMNS, "image gain", "over box"]

@@ -66,7 +66,7 @@ def staging_copy(x: torch.Tensor) -> torch.Tensor:
 
 
 def place_click(x: torch.Tensor, pred: np.ndarray, target: np.ndarray) -> str | None:
-    """Put the binarised prediction in prev_seg and draw the evaluator's click into x (8, z, y, x) in place.
+    """Put the binarised prediction in prev_seg and draw the evaluator's click into x (8, z, y, x; CPU) in place.
 
     Returns 'fg', 'bg', or None when the prediction has no error (then only prev_seg changes).
     """
@@ -74,18 +74,13 @@ def place_click(x: torch.Tensor, pred: np.ndarray, target: np.ndarray) -> str | 
 
 
 def apply_click(x: torch.Tensor, pred: np.ndarray, click: Click | None) -> str | None:
-    """`place_click` with the click (`simulate_click(pred, target)`) already computed."""
-    x[CHANNELS["prev_seg"]] = torch.from_numpy(pred.astype(np.float32)).to(x.device)
+    """`place_click` with the click (`simulate_click(pred, target)`) already computed; x is on the CPU (a GPU
+    batch is edited through `staging_copy` in `simulate_prompts`)."""
+    x[CHANNELS["prev_seg"]] = torch.from_numpy(pred.astype(np.float32))
     if click is None:
         return None
     coord, kind = click
-    ch = CHANNELS["click_pos"] if kind == "fg" else CHANNELS["click_neg"]
-    if x.device.type == "cpu":
-        draw_ball(x[ch], coord)
-    else:  # draw on a CPU copy of the channel, then copy back
-        c = x[ch].cpu()
-        draw_ball(c, coord)
-        x[ch].copy_(c)
+    draw_ball(x[CHANNELS["click_pos"] if kind == "fg" else CHANNELS["click_neg"]], coord)
     return kind
 
 
@@ -122,7 +117,8 @@ def simulate_prompts(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.T
     if max_rounds > rounds:
         rounds = int(rng.integers(rounds, max_rounds + 1))
     x = x.clone()
-    tgt = target.bool().cpu().numpy()
+    idx = np.flatnonzero(chosen.numpy())
+    tgts = list(target.bool().cpu().numpy()[idx])
     # clicks are placed on a CPU copy of the batch and the edited channels go back in one copy per round: on a
     # GPU, editing each sample's channels in place cost 3 small transfers and a synchronisation per sample
     host = staging_copy(x)
@@ -130,8 +126,7 @@ def simulate_prompts(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.T
         probs = predict(x)
         stats.stage1_passes += 1
         pred = (probs > 0.5).cpu().numpy()
-        idx = np.flatnonzero(chosen.numpy())
-        preds, tgts = [pred[i] for i in idx], [tgt[i] for i in idx]
+        preds = [pred[i] for i in idx]
         clicks = list(pool.map(simulate_click, preds, tgts) if pool is not None else map(simulate_click, preds, tgts))
         for i, click in zip(idx, clicks):
             kind = apply_click(host[i], pred[i], click)
