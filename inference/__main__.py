@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="at click steps: re-run the whole object (full), predict a native patch around the new "
                          "click and merge it, re-running the object only when its extent changed (local), or "
                          "always both (default: $SEGFM_CLICK_UPDATE or full)")
+    ap.add_argument("--intensity", choices=("on", "off"), default=os.environ.get("SEGFM_INTENSITY") or "on",
+                    help="move each window's probabilities by the object's own intensity histogram against its "
+                         "surroundings' (inference/intensity.py; default: $SEGFM_INTENSITY or on)")
     ap.add_argument("--no-watchdog", action="store_true",
                     help="run the network in this process, without the supervisor that writes fallback "
                          "predictions when a case misses its hard deadline")
@@ -57,7 +60,7 @@ def worker_command(args: argparse.Namespace, fd: int, skip: int) -> list[str]:
     """The argv of a worker process for the cases from index `skip` on, reporting to pipe `fd`."""
     cmd = [sys.executable, "-m", "inference", "--input-dir", str(args.input_dir), "--output-dir",
            str(args.output_dir), "--per-class-run-s", repr(args.per_class_run_s), "--tta", str(args.tta),
-           "--refine", args.refine, "--click-update", args.click_update,
+           "--refine", args.refine, "--click-update", args.click_update, "--intensity", args.intensity,
            "--worker-fd", str(fd), "--skip", str(skip)]
     if args.weights:
         cmd += ["--weights", str(args.weights)]
@@ -83,7 +86,8 @@ def run_cases(args: argparse.Namespace, cases: list[Path], first: int = 0, repor
     t_load = time.time()
     predictor = load_predictor(args.weights, args.device, per_class_run_s=args.per_class_run_s,
                                verbose=not args.quiet, tta=args.tta,
-                               **env_options({"SEGFM_REFINE": args.refine, "SEGFM_CLICK_UPDATE": args.click_update}))
+                               **env_options({"SEGFM_REFINE": args.refine, "SEGFM_CLICK_UPDATE": args.click_update,
+                                             "SEGFM_INTENSITY": args.intensity}))
     if not args.quiet:
         print(f"model {predictor.model.source} on {predictor.device} loaded in {time.time() - t_load:.2f} s "
               f"({time.time() - process_start:.2f} s since start)", file=sys.stderr)

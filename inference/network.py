@@ -177,26 +177,34 @@ def new_model(profile: str | Profile, seed: int | None = 0) -> LoadedModel:
     return LoadedModel(net, tuple(prof.patch_size), copy.deepcopy(prof.arch), {"profile": prof.name})
 
 
-def state_dict_to(state: dict[str, torch.Tensor], device: str | torch.device) -> dict[str, torch.Tensor]:
-    """Detached copies on `device` that keep the sharing of the source: entries that are the same tensor (the
-    ResEnc decoder holds its encoder, so every encoder weight appears twice) stay one tensor, which torch.save
-    writes once. A plain per-entry `.cpu()` from a GPU copies each entry apart: a 9.8 MB lite checkpoint became
-    35.8 MB, over the device tool's 16 MiB per returned file."""
+def state_dict_to(state: dict[str, torch.Tensor], device: str | torch.device,
+                  float_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Detached copies on `device` (floating-point entries in `float_dtype` when given) that keep the sharing of
+    the source: entries that are the same tensor (the ResEnc decoder holds its encoder, so every encoder weight
+    appears twice) stay one tensor, which torch.save writes once. A plain per-entry `.cpu()` from a GPU copies
+    each entry apart: a 9.8 MB lite checkpoint became 35.8 MB, over the device tool's 16 MiB per returned file."""
     copies: dict[tuple, torch.Tensor] = {}
     out = {}
     for k, v in state.items():
         v = v.detach()
         key = (v.device, v.dtype, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride())
         if key not in copies:
-            copies[key] = v.to(device)
+            dtype = float_dtype if float_dtype is not None and v.is_floating_point() else v.dtype
+            copies[key] = v.to(device, dtype)
         out[k] = copies[key]
     return out
 
 
-def checkpoint_dict(model: LoadedModel, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The self-describing checkpoint dictionary (plain types and tensors only)."""
+def checkpoint_dict(model: LoadedModel, extra_meta: dict[str, Any] | None = None,
+                    weights_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """The self-describing checkpoint dictionary (plain types and tensors only); with `weights_dtype` (e.g.
+    torch.bfloat16: half the file) the floating-point weights are stored in it, and loading casts them back to
+    the network's float32."""
     meta = dict(model.meta)
     meta.update(extra_meta or {})
+    state = state_dict_to(model.net.state_dict(), "cpu", weights_dtype)
+    if weights_dtype is not None:
+        meta["weights_dtype"] = str(weights_dtype).replace("torch.", "")
     return {
         "format": FORMAT,
         "arch": copy.deepcopy(model.arch),
@@ -204,7 +212,7 @@ def checkpoint_dict(model: LoadedModel, extra_meta: dict[str, Any] | None = None
         "channels": dict(CHANNELS),
         "normalization": "zscore",
         "num_classes": 2,
-        "state_dict": state_dict_to(model.net.state_dict(), "cpu"),
+        "state_dict": state,
         "meta": meta,
         "members": member_count(model.net),
     }
@@ -219,8 +227,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(model: LoadedModel, path: str | os.PathLike, extra_meta: dict | None = None) -> None:
-    atomic_torch_save(checkpoint_dict(model, extra_meta), path)
+def save_checkpoint(model: LoadedModel, path: str | os.PathLike, extra_meta: dict | None = None,
+                    weights_dtype: torch.dtype | None = None) -> None:
+    atomic_torch_save(checkpoint_dict(model, extra_meta, weights_dtype), path)
 
 
 def _load_torch(path: Path) -> Any:

@@ -1,4 +1,4 @@
-"""Segment every class of a case: prompts -> window -> network -> paste -> fusion, within the budget.
+"""Segment every class of a case: prompts -> window -> network -> intensity -> paste -> fusion, within the budget.
 
 `Predictor.predict_case(case)` returns the uint8 label map (z, y, x); `Predictor.predict(data)`
 does the same from the arrays and objects of a challenge npz (used by the in-process evaluation).
@@ -22,8 +22,9 @@ from . import precision as P
 from .case_io import Case, parse_case
 from .fallback import add_fallback, fallback_segs  # noqa: F401 - fallback_segs: re-exported
 from .fusion import ProductBackgroundFusion
+from .intensity import IntensityConfig, refine_by_intensity
 from .local_update import LocalConfig, click_window, extent_changed, merge, previous_pieces
-from .network import LoadedModel, load_model
+from .network import CHANNELS, LoadedModel, load_model
 from .prompts import ClassPrompts, ImageStats, encode, image_stats
 from .refine import RefineConfig, refine
 from .window import Window, zoom_factor
@@ -196,6 +197,8 @@ CLICK_UPDATES = ("full", "local", "both")
 DEFAULT_REFINE = RefineConfig()  # what "refine" / SEGFM_REFINE=on uses
 REFINE_BY_DEFAULT = False  # off: no gain on the held-out volumes at 1.4x the time (docs/refinement.md)
 DEFAULT_CLICK_UPDATE = "full"  # measured best on the held-out volumes (docs/refinement.md)
+DEFAULT_INTENSITY = IntensityConfig()  # what "+intensity" / SEGFM_INTENSITY=on uses
+INTENSITY_BY_DEFAULT = True  # on: docs/intensity.md
 
 
 def new_click(case: Case, c: int) -> tuple[np.ndarray | None, bool]:
@@ -275,7 +278,8 @@ class Predictor:
                  verbose: bool = False, tta: int = 1, precision: str | None = None,
                  refine: RefineConfig | None = DEFAULT_REFINE if REFINE_BY_DEFAULT else None, click_update: str = DEFAULT_CLICK_UPDATE,
                  local: LocalConfig = LocalConfig(), box_z_clip: bool = True, anchored_extent: bool = True,
-                 pin_clicks: bool = True):
+                 pin_clicks: bool = True,
+                 intensity: IntensityConfig | None = DEFAULT_INTENSITY if INTENSITY_BY_DEFAULT else None):
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = P.resolve(self.device, precision)  # $SEGFM_PRECISION when None
         self._autocast = P.autocast(self.device, self.precision)
@@ -298,6 +302,7 @@ class Predictor:
         self.box_z_clip = box_z_clip  # challenge cases: nothing outside the box's exact slice extent
         self.anchored_extent = anchored_extent  # challenge cases: ObjectQuery.anchored
         self.pin_clicks = pin_clicks  # challenge cases: clicked voxels keep the organizer's answer (pin_clicks)
+        self.intensity = intensity  # None: the network's probabilities as they are (inference/intensity.py)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device=None, **kw) -> "Predictor":
@@ -320,10 +325,15 @@ class Predictor:
         return mean.cpu()
 
     def predict_window(self, query: "ObjectQuery", window: Window, tta: int = 1) -> torch.Tensor:
-        """Foreground probabilities (patch, z, y, x) of one object inside `window`."""
+        """Foreground probabilities (patch, z, y, x) of one object inside `window`, moved by the window's
+        intensities when the intensity step is on (inference/intensity.py)."""
         x = encode(window, query.image, query.stats, query.prompts, query.prev_mask, query.prev_label,
                    query.prev_probs, query.prev_origin)
-        return self.run_network(x, tta)
+        probs = self.run_network(x, tta)
+        if self.intensity is not None:
+            valid = window.inside_mask(query.image.shape) if self.intensity.inside_only else None
+            probs = refine_by_intensity(probs, x[CHANNELS["image"]], self.intensity, valid)
+        return probs
 
     def _timed_window(self, query: "ObjectQuery", window: Window, tta: int, budget: B.Budget | None,
                       counter: list[int]) -> torch.Tensor:

@@ -1,12 +1,14 @@
-"""Named predictor settings: refinement and click update, as the container's options and the evaluation's rows.
+"""Named predictor settings: refinement, click update and intensity step, as the container's options and the evaluation's rows.
 
 A setting is `coarse` or `refine`, then optionally `+full`, `+local` or `+both` (the click update, default
 `full`), then optionally `+nozclip` (keep predictions outside the challenge box's slice range; default
 `+zclip` drops them), `+noanchor` (place a challenge class's window on all its prompts and its whole previous
 mask; default `+anchor`: on the positive prompts and the previous components they touch), `+nopin` (leave a
-challenge class's clicked voxels to the network; default `+pin`: foreground clicks 1, background clicks 0), `+tta=N` (N mirrored copies averaged per network run) and `+field=value` items that
-override fields of `RefineConfig` (refinement) or `LocalConfig` (prefixed `local.`), e.g. `refine+both+max_tiles=4+soft_prev=0`. The container reads
-`SEGFM_REFINE` (on/off) and `SEGFM_CLICK_UPDATE` (full/local/both).
+challenge class's clicked voxels to the network; default `+pin`: foreground clicks 1, background clicks 0), `+tta=N` (N mirrored copies averaged per network run), `+nointensity` (the network's probabilities as they are;
+default `+intensity`: moved by the object's intensity histogram, inference/intensity.py) and `+field=value` items
+that override fields of `RefineConfig` (refinement), `LocalConfig` (prefixed `local.`) or `IntensityConfig`
+(prefixed `intensity.`), e.g. `refine+both+max_tiles=4+soft_prev=0`. The container reads `SEGFM_REFINE`
+(on/off), `SEGFM_CLICK_UPDATE` (full/local/both) and `SEGFM_INTENSITY` (on/off).
 """
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ import dataclasses
 import os
 from typing import Any
 
+from .intensity import IntensityConfig
 from .local_update import LocalConfig
-from .predictor import CLICK_UPDATES, DEFAULT_CLICK_UPDATE, DEFAULT_REFINE, REFINE_BY_DEFAULT
+from .predictor import (CLICK_UPDATES, DEFAULT_CLICK_UPDATE, DEFAULT_INTENSITY, DEFAULT_REFINE, INTENSITY_BY_DEFAULT,
+                        REFINE_BY_DEFAULT)
 from .refine import RefineConfig
 
 
@@ -48,6 +52,7 @@ def predictor_options(name: str) -> dict[str, Any]:
     box_z_clip = True
     anchored_extent = True
     pin = True
+    intensity = DEFAULT_INTENSITY if INTENSITY_BY_DEFAULT else None
     options: dict[str, Any] = {}
     for part in parts[1:]:
         if part in CLICK_UPDATES:
@@ -58,10 +63,14 @@ def predictor_options(name: str) -> dict[str, Any]:
             anchored_extent = part == "anchor"
         elif part in ("pin", "nopin"):
             pin = part == "pin"
+        elif part in ("intensity", "nointensity"):
+            intensity = (intensity or DEFAULT_INTENSITY) if part == "intensity" else None
         elif "=" in part:
             key, text = part.split("=", 1)
             if key == "tta":
                 options["tta"] = int(text)
+            elif key.startswith("intensity."):
+                intensity = _override(intensity or DEFAULT_INTENSITY, key[len("intensity."):], text)
             elif key.startswith("local."):
                 local = _override(local, key[len("local."):], text)
             elif refine is None:
@@ -71,17 +80,27 @@ def predictor_options(name: str) -> dict[str, Any]:
         else:
             raise ValueError(f"setting {name!r}: unknown part {part!r}")
     return {"refine": refine, "click_update": click_update, "local": local, "box_z_clip": box_z_clip,
-            "anchored_extent": anchored_extent, "pin_clicks": pin, **options}
+            "anchored_extent": anchored_extent, "pin_clicks": pin, "intensity": intensity, **options}
+
+
+def _switch(env: dict[str, str], name: str, default: bool) -> bool:
+    """An on/off environment variable (on, off, 1, 0, true, false; empty = the default)."""
+    text = env.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text not in ("on", "off", "1", "0", "true", "false"):
+        raise ValueError(f"{name} must be on or off, not {text!r}")
+    return text in ("on", "1", "true")
 
 
 def env_options(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """Predictor keyword arguments from $SEGFM_REFINE (on/off, default off) and $SEGFM_CLICK_UPDATE."""
+    """Predictor keyword arguments from $SEGFM_REFINE (on/off, default off), $SEGFM_CLICK_UPDATE and
+    $SEGFM_INTENSITY (on/off, default on)."""
     env = os.environ if environ is None else environ
-    default = "on" if REFINE_BY_DEFAULT else "off"
-    refine = env.get("SEGFM_REFINE", default).strip().lower() or default
-    if refine not in ("on", "off", "1", "0", "true", "false"):
-        raise ValueError(f"SEGFM_REFINE must be on or off, not {refine!r}")
+    refine = _switch(env, "SEGFM_REFINE", REFINE_BY_DEFAULT)
+    intensity = _switch(env, "SEGFM_INTENSITY", INTENSITY_BY_DEFAULT)
     click = env.get("SEGFM_CLICK_UPDATE", DEFAULT_CLICK_UPDATE).strip().lower() or DEFAULT_CLICK_UPDATE
     if click not in CLICK_UPDATES:
         raise ValueError(f"SEGFM_CLICK_UPDATE must be one of {', '.join(CLICK_UPDATES)}, not {click!r}")
-    return {"refine": DEFAULT_REFINE if refine in ("on", "1", "true") else None, "click_update": click}
+    return {"refine": DEFAULT_REFINE if refine else None, "click_update": click,
+            "intensity": DEFAULT_INTENSITY if intensity else None}

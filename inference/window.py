@@ -154,6 +154,12 @@ class Window:
         i = np.arange(self.patch[axis], dtype=float)
         return self.start[axis] + (i + 0.5) * self.scale[axis] - 0.5
 
+    def inside_mask(self, shape) -> torch.Tensor:
+        """Patch voxels (z, y, x, bool) whose sample lies inside a volume of `shape` (those `crop` does not fill)."""
+        axes = [torch.as_tensor((c >= -0.5) & (c <= n - 0.5)) for c, n in
+                ((self._sample_coords(a), shape[a]) for a in range(3))]
+        return axes[0][:, None, None] & axes[1][None, :, None] & axes[2][None, None, :]
+
     def crop(self, volume: np.ndarray, fill: float = 0.0,
              transform: Callable[[np.ndarray], np.ndarray] | None = None) -> torch.Tensor:
         """Resample `volume` (z, y, x) inside the window onto the patch, trilinear; `fill` outside the volume.

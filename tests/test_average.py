@@ -79,3 +79,23 @@ def test_an_ensemble_is_not_grown():
 
     with pytest.raises(ValueError, match="ensemble of 2"):
         grow(ensemble_models([new_model("tiny", seed=1), new_model("tiny", seed=2)]), "tiny")
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_half_storage_halves_the_file_and_loads_as_float32(tmp_path, half):
+    model = new_model("lite", seed=4)  # big enough that the weights, not the pickle's keys, set the size
+    full, small = tmp_path / "full.pt", tmp_path / "half.pt"
+    save_checkpoint(model, full)
+    assert main([str(full), "--half", half, "--out", str(small)]) == 0
+    stored = torch.load(small, weights_only=True)
+    floats = [v for v in stored["state_dict"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == getattr(torch, half) for v in floats)
+    # the decoder's copy of each encoder weight stays one stored tensor: the file is about half, not the same
+    assert small.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_model(small)
+    assert loaded.meta["weights_dtype"] == half
+    for k, v in model.net.state_dict().items():
+        got = loaded.net.state_dict()[k]
+        assert got.dtype == v.dtype
+        if v.is_floating_point():
+            torch.testing.assert_close(got, v, atol=0.02 * float(v.abs().max()) + 1e-6, rtol=0)

@@ -16,6 +16,12 @@ models of different runs, whose weights need not lie in one basin (so their weig
 either):
 
     python -m training.average --ensemble runs/f/model_ema.pt runs/g/model.pt --out runs/ens_fg.pt
+
+`--half float16` (or `bfloat16`) stores the weights in 16 bits: half the file, and loading casts them back to
+float32. float16 keeps 3 more mantissa bits, so it changed lite-xl's logits 7x less than bfloat16 (largest
+difference 0.018 against 0.084 on one random patch). Given one checkpoint, it only rewrites it that way:
+
+    python -m training.average runs/n/model.pt --half float16 --out runs/n/model_fp16.pt
 """
 from __future__ import annotations
 
@@ -72,14 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ensemble", action="store_true",
                         help="keep the networks and average their logits at every prediction (an ensemble) "
                              "instead of averaging their weights")
+    parser.add_argument("--half", choices=("float16", "bfloat16"), default=None,
+                        help="store the weights in this 16-bit type (half the file; loaded back as float32)")
     args = parser.parse_args(argv)
+    dtype = getattr(torch, args.half) if args.half else None
     models = [load_model(p) for p in args.checkpoints]
     sources = [str(p) for p in args.checkpoints]
     if args.ensemble:
-        save_checkpoint(ensemble_models(models), args.out, {"ensemble_of": sources})
+        save_checkpoint(ensemble_models(models), args.out, {"ensemble_of": sources}, dtype)
         print(f"ensemble of {member_count(load_model(args.out).net)} networks -> {args.out}")
     else:
-        save_checkpoint(average_models(models), args.out, {"averaged_from": sources})
+        save_checkpoint(average_models(models), args.out, {"averaged_from": sources}, dtype)
         print(f"averaged {len(args.checkpoints)} checkpoints -> {args.out}")
     return 0
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # One GPU sprint (docs/training.md "A GPU sprint"): runs ON the `device` tool's machine, in the repository root,
-# after training/sprint_bundle.sh packed wheels and data into .sprint/1 and .sprint/2 here and two calls carried
-# them there. Trains from weights/default.pt for MINUTES of wall clock (the schedule ends on time:
+# after training/sprint_bundle.sh packed wheels and data into .sprint/1, .sprint/2, ... here and one call per part
+# carried them there. Trains from weights/default.pt for MINUTES of wall clock (the schedule ends on time:
 # --time-limit-min) with every core but one generating samples, and leaves model.pt, model_ema.pt, log.csv,
 # config.json and curves.png in $OUT (a lite checkpoint is 9.8 MB; a file over the tool's 16 MiB comes back in
 # parts). Score them here before shipping anything. Settings: MINUTES, BATCH, LR, SEED, INIT, GROW, WORKERS,
@@ -28,7 +28,7 @@ if [ -n "${RESUME:-}" ]; then TRACE_STEPS=${TRACE_STEPS:-0}; else TRACE_STEPS=${
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
 t0=$(date +%s)
 if [ ! -d data/train ]; then
-    cat .sprint/1/part00 .sprint/2/part01 | tar -xf -   # data/train data/labelmaps data/images .sprint/whl
+    cat .sprint/[1-9]/part* | tar -xf -   # data/train data/labelmaps data/images .sprint/whl (parts in order)
 fi
 if [ -n "${RESUME:-}" ]; then
     [ -f /tmp/sprint-run/last.pt ] || { echo "RESUME=1: no /tmp/sprint-run/last.pt on this machine (a fresh one?)" >&2; exit 2; }

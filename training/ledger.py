@@ -2,7 +2,8 @@
 
 Reads the model card's ledger of full held-out scores (`docs/heldout_ledger.csv`: one row per scored model, the
 cumulative steps and step-hours of its lineage, DSC_Final per held-out volume with and without box, all scored
-with the same evaluation code and settings; optional columns mean_box / mean_nobox: the harness's mean) and
+with the same evaluation code and settings, except the rows named "with the intensity step", scored with it on
+(docs/intensity.md); optional columns mean_box / mean_nobox: the harness's mean) and
 writes a PNG: one panel per box mode, one line per volume and their mean through the shipped models; open
 markers, off the lines, for models scored but not shipped.
 """

@@ -1,8 +1,9 @@
 #!/bin/sh
-# Pack what a GPU sprint needs (training/gpu_sprint.sh; docs/training.md "A GPU sprint") into two carries of the
+# Pack what a GPU sprint needs (training/gpu_sprint.sh; docs/training.md "A GPU sprint") into carries of the
 # `device` tool, each under its 64 MiB per call with the tracked files: the wheels that the device machine's
 # Python 3.12 lacks (versions pinned in requirements*.txt) and data/{train,labelmaps,images} from `make data`.
-# Writes .sprint/1/part00 and .sprint/2/part01 (git-ignored): one tar, split in two.
+# Writes .sprint/1/part00, .sprint/2/part01, ... (git-ignored): one tar, split into as many parts as the room
+# beside the tracked files needs (LIMIT_MIB, default 62, per call), one call carrying each.
 set -eu
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -14,7 +15,7 @@ for p in $PACKAGES; do
     [ -n "$pin" ] || { echo "no pinned version of $p in requirements*.txt" >&2; exit 1; }
     pins="$pins $pin"
 done
-rm -rf .sprint && mkdir -p .sprint/whl .sprint/1 .sprint/2
+rm -rf .sprint && mkdir -p .sprint/whl
 plat=""
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; do
     plat="$plat --platform $p"
@@ -22,10 +23,19 @@ done
 # shellcheck disable=SC2086
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat -d .sprint/whl $pins
 tar -cf .sprint/bundle.tar data/train data/labelmaps data/images .sprint/whl
-split -n 2 -d .sprint/bundle.tar .sprint/part
-mv .sprint/part00 .sprint/1/ && mv .sprint/part01 .sprint/2/ && rm -rf .sprint/bundle.tar .sprint/whl
 tracked=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
-for d in .sprint/1 .sprint/2; do
+room=$(( ${LIMIT_MIB:-62} * 1048576 - tracked ))
+[ "$room" -gt 1048576 ] || { echo "the tracked files ($((tracked / 1048576)) MiB) leave no room to carry" >&2; exit 1; }
+size=$(stat -c %s .sprint/bundle.tar)
+parts=$(( (size + room - 1) / room ))
+[ "$parts" -le 9 ] || { echo "$parts parts: more than 9 calls to carry them" >&2; exit 1; }
+split -n "$parts" -d -a 2 .sprint/bundle.tar .sprint/part
+i=0
+for part in .sprint/part*; do
+    i=$((i + 1)); mkdir -p ".sprint/$i" && mv "$part" ".sprint/$i/"
+done
+rm -rf .sprint/bundle.tar .sprint/whl
+for d in .sprint/[1-9]; do
     n=$(du -sb "$d" | cut -f1)
     echo "$d: $((n / 1048576)) MiB + tracked files $((tracked / 1048576)) MiB (limit 64 MiB per call)"
 done
