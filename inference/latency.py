@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="fp32 and/or bf16 (bf16 only where native)")
     ap.add_argument("--modes", nargs="+", default=["local", "full"], help="click update modes (local, full, both)")
     ap.add_argument("--refine", choices=("on", "off"), default="off", help="refinement (default off, as the container)")
+    ap.add_argument("--intensity", choices=("on", "off"), default="on",
+                    help="the intensity step (default on, as the container)")
     ap.add_argument("--click-budget-s", type=float, default=1.5,
                     help="time budget of one click (inference.budget.Budget.for_interaction; 0 = none; default 1.5)")
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "latency.json"))
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             print("bf16: this CPU has no native bf16; skipped")
             continue
         for mode in args.modes:
-            opts = env_options({"SEGFM_REFINE": args.refine, "SEGFM_CLICK_UPDATE": mode})
+            opts = env_options({"SEGFM_REFINE": args.refine, "SEGFM_CLICK_UPDATE": mode,
+                                "SEGFM_INTENSITY": args.intensity})
             predictor = Predictor(model, "cpu", precision=precision, **opts)
             torch.set_num_threads(args.threads)  # the Predictor sets every core of the affinity mask
             forward = []
@@ -163,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             result = run_session(predictor, img, gt, args.clicks, not args.no_progress,
                                  args.click_budget_s or None, float(np.median(forward)))
             s = np.asarray(result["seconds"])
-            row = {"precision": precision, "mode": mode, "refine": args.refine, "clicks": len(s),
+            row = {"precision": precision, "mode": mode, "refine": args.refine, "intensity": args.intensity,
+                   "clicks": len(s),
                    "click_budget_s": args.click_budget_s, "forward_s": float(np.median(forward)),
                    "p50_s": float(np.percentile(s, 50)), "p95_s": float(np.percentile(s, 95)),
                    "max_s": float(s.max()), "runs_per_click": result["runs"], "dice_box": result["dice"][0], "dice_final": result["dice"][-1],
