@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class IntensityConfig:
     quantile: float = 0.8  # which quantile of the per-bin ratio sets the surroundings' share (see `unmixed`)
     min_share: float = 0.1  # no refinement when the unmixed object histogram keeps less of the p-weighted mass
     inside_only: bool = True  # histograms over the window's voxels inside the volume (not the filled outside)
+    ring: float = 0.0  # > 0: surroundings weighted by exp(-distance / ring) from the mask (patch voxels); 0: all alike
     up: float = 1.0  # share of `strength` applied to positive ratios (voxels that look like the object)
 
 
@@ -71,6 +74,15 @@ def intensity_bins(image: torch.Tensor, bins: int, valid: torch.Tensor | None = 
     return ((image.float() - lo) / (hi - lo) * bins).long().clamp(0, bins - 1)
 
 
+def proximity(probs: torch.Tensor, ring: float) -> torch.Tensor:
+    """exp(-d / ring) per voxel (z, y, x), d the distance in voxels to the mask probs > 0.5 (1 inside it)."""
+    mask = (probs > 0.5).numpy()
+    if not mask.any():
+        return torch.ones_like(probs, dtype=torch.float32)
+    d = ndimage.distance_transform_edt(~mask)
+    return torch.from_numpy(np.exp(-d / ring).astype(np.float32))
+
+
 def log_ratio(bins: torch.Tensor, probs: torch.Tensor, cfg: IntensityConfig,
               valid: torch.Tensor | None = None) -> torch.Tensor | None:
     """log(h_fg(I) / h_bg(I)) per voxel (shape of `bins`, z, y, x), the histograms of the `valid` voxels' bins
@@ -82,8 +94,11 @@ def log_ratio(bins: torch.Tensor, probs: torch.Tensor, cfg: IntensityConfig,
     fg_mass = float((w * keep).sum())
     if fg_mass < cfg.min_mass or float(keep.sum()) - fg_mass < cfg.min_mass:
         return None
+    near = keep if cfg.ring <= 0 else keep * proximity(probs, cfg.ring).reshape(-1)
     h_fg = _smoothed(torch.bincount(idx, weights=w * keep, minlength=cfg.bins).float(), cfg.smooth)
-    h_bg = _smoothed(torch.bincount(idx, weights=(1 - w) * keep, minlength=cfg.bins).float(), cfg.smooth)
+    h_bg = _smoothed(torch.bincount(idx, weights=(1 - w) * near, minlength=cfg.bins).float(), cfg.smooth)
+    if float(h_bg.sum()) < cfg.min_mass:
+        return None
     if cfg.unmix:
         h_fg = unmixed(h_fg, h_bg, cfg.quantile)
         if float(h_fg.sum()) < max(cfg.min_mass, cfg.min_share * fg_mass):

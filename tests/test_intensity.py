@@ -80,3 +80,13 @@ def test_filled_voxels_outside_the_volume_do_not_count():
     out = refine_by_intensity(probs, image, cfg, valid)
     assert _dice(out > 0.5, sphere) > 0.9
     assert torch.equal(out[~valid], probs[~valid])
+
+
+def test_ring_weights_the_surroundings_by_their_distance_from_the_mask():
+    from inference.intensity import proximity
+
+    image, probs, sphere = _sphere_in_box()
+    near = proximity(probs, ring=4.0)
+    assert float(near[probs > 0.5].min()) == 1.0 and float(near.min()) < 0.05
+    out = refine_by_intensity(probs, image, IntensityConfig(strength=1.5, ring=4.0))
+    assert _dice(out > 0.5, sphere) > 0.9
