@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", default=str(ROOT / "data" / "heldout"), help="folder of training-format npz volumes")
     ap.add_argument("--max-classes", type=int, default=None, help="an evenly spaced subset of each volume's structures")
     ap.add_argument("--clicks", type=int, default=3, help="clicks after the box (default 3; the container path has 5 at most)")
+    ap.add_argument("--intensity", choices=("on", "off"), default="on",
+                    help="the intensity step (default on, as the server and the container)")
     ap.add_argument("--out", default=str(ROOT / "eval_out" / "serve_eval.json"))
     args = ap.parse_args(argv)
     if not 0 <= args.clicks <= 5:
@@ -94,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     from evaluation.harness import find_cases, load_case
 
     from .predictor import load_predictor
+    from .settings import env_options
 
-    predictor = load_predictor(args.checkpoint, "cpu")
+    predictor = load_predictor(args.checkpoint, "cpu", intensity=env_options({"SEGFM_INTENSITY": args.intensity})["intensity"])
     paths = find_cases(args.cases)
     if not paths:
         print(f"no npz volumes under {args.cases} (make data creates data/heldout)", file=sys.stderr)
