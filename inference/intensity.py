@@ -2,12 +2,14 @@
 
 The network reads the image only weakly (docs/training.md, "Does the model read the image?"): much of a box
 prompt's answer is the box's shape. This step reads the image of the case at hand instead. Inside one window
-(patch grid, arrays (z, y, x)) it estimates the intensity histogram of the object, weighted by the network's
-probability p, and of its surroundings, weighted by 1 - p, and moves each voxel's logit by the log likelihood ratio
-of its intensity, `strength` times: logit' = logit(p) + strength * log(h_fg(I) / h_bg(I)). A few EM rounds
-re-estimate the histograms from the new probabilities. Where object and surroundings look alike the ratio is
-near 1 and little changes; where they differ (a bright vessel in a box of soft tissue, a lesion in white matter)
-the voxels that look like the surroundings leave the object. Clicked voxels are pinned later by the predictor.
+(patch grid, arrays (z, y, x)) it counts an intensity histogram weighted by the network's probability p and one
+weighted by 1 - p (the surroundings), subtracts from the first the share that looks like the surroundings
+(`unmixed`: a painted box's corners), and, unless too little is left (the object then does not differ from its
+surroundings), moves each voxel's logit by the log likelihood ratio of its intensity, `strength` times:
+logit' = logit(p) + strength * log(h_object(I) / h_surroundings(I)). Voxels that look like the surroundings leave
+the object; voxels that look like the object join it where the network was unsure. `rounds` > 1 re-estimates the
+histograms from the new probabilities (EM). Clicked voxels are pinned later by the predictor. docs/intensity.md
+has the measurements behind the defaults.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def _smoothed(hist: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.nn.functional.conv1d(padded, k[None, None])[0, 0]
 
 
-def unmixed(h_in: torch.Tensor, h_bg: torch.Tensor, quantile: float = 0.5) -> torch.Tensor:
+def unmixed(h_in: torch.Tensor, h_bg: torch.Tensor, quantile: float) -> torch.Tensor:
     """The object's part of `h_in` (the p-weighted histogram, which also holds surroundings the prediction
     covers): h_in minus the largest multiple of the surroundings' histogram `h_bg` that fits under it (the
     `quantile` of h_in / h_bg over the bins where h_bg holds 1/(2 x bins) of its mass or more), clipped at 0."""

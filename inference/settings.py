@@ -16,7 +16,6 @@ import dataclasses
 import os
 from typing import Any
 
-from .intensity import IntensityConfig
 from .local_update import LocalConfig
 from .predictor import (CLICK_UPDATES, DEFAULT_CLICK_UPDATE, DEFAULT_INTENSITY, DEFAULT_REFINE, INTENSITY_BY_DEFAULT,
                         REFINE_BY_DEFAULT)

@@ -154,10 +154,14 @@ class Window:
         i = np.arange(self.patch[axis], dtype=float)
         return self.start[axis] + (i + 0.5) * self.scale[axis] - 0.5
 
+    @staticmethod
+    def _outside(c: np.ndarray, n: int) -> np.ndarray:
+        """Which sample coordinates `c` of one axis lie outside a volume of `n` voxels (what `crop` fills)."""
+        return (c < -0.5) | (c > n - 0.5)
+
     def inside_mask(self, shape) -> torch.Tensor:
         """Patch voxels (z, y, x, bool) whose sample lies inside a volume of `shape` (those `crop` does not fill)."""
-        axes = [torch.as_tensor((c >= -0.5) & (c <= n - 0.5)) for c, n in
-                ((self._sample_coords(a), shape[a]) for a in range(3))]
+        axes = [torch.as_tensor(~self._outside(self._sample_coords(a), shape[a])) for a in range(3)]
         return axes[0][:, None, None] & axes[1][None, :, None] & axes[2][None, None, :]
 
     def crop(self, volume: np.ndarray, fill: float = 0.0,
@@ -183,7 +187,7 @@ class Window:
             needed, inv = np.unique(np.concatenate([i0, i1]), return_inverse=True)
             idx.append((needed, inv[: len(c)], inv[len(c):]))
             weights.append(torch.as_tensor(w, dtype=torch.float32))
-            outside.append(torch.as_tensor((c < -0.5) | (c > n - 0.5)))
+            outside.append(torch.as_tensor(self._outside(c, n)))
         sub = volume[np.ix_(idx[0][0], idx[1][0], idx[2][0])]
         if transform is not None:
             sub = transform(sub)
