@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--intensity", choices=("on", "off"), default=os.environ.get("SEGFM_INTENSITY") or "on",
                     help="move each window's probabilities by the object's own intensity histogram against its "
                          "surroundings' (inference/intensity.py; default: $SEGFM_INTENSITY or on)")
+    ap.add_argument("--graphcut", choices=("on", "off"), default=os.environ.get("SEGFM_GRAPHCUT") or "off",
+                    help="snap each object's mask to the image's edges with a graph cut (inference/graphcut.py; "
+                         "default: $SEGFM_GRAPHCUT or off)")
     ap.add_argument("--no-watchdog", action="store_true",
                     help="run the network in this process, without the supervisor that writes fallback "
                          "predictions when a case misses its hard deadline")
@@ -61,7 +64,7 @@ def worker_command(args: argparse.Namespace, fd: int, skip: int) -> list[str]:
     cmd = [sys.executable, "-m", "inference", "--input-dir", str(args.input_dir), "--output-dir",
            str(args.output_dir), "--per-class-run-s", repr(args.per_class_run_s), "--tta", str(args.tta),
            "--refine", args.refine, "--click-update", args.click_update, "--intensity", args.intensity,
-           "--worker-fd", str(fd), "--skip", str(skip)]
+           "--graphcut", args.graphcut, "--worker-fd", str(fd), "--skip", str(skip)]
     if args.weights:
         cmd += ["--weights", str(args.weights)]
     if args.device:
@@ -87,7 +90,7 @@ def run_cases(args: argparse.Namespace, cases: list[Path], first: int = 0, repor
     predictor = load_predictor(args.weights, args.device, per_class_run_s=args.per_class_run_s,
                                verbose=not args.quiet, tta=args.tta,
                                **env_options({"SEGFM_REFINE": args.refine, "SEGFM_CLICK_UPDATE": args.click_update,
-                                             "SEGFM_INTENSITY": args.intensity}))
+                                             "SEGFM_INTENSITY": args.intensity, "SEGFM_GRAPHCUT": args.graphcut}))
     if not args.quiet:
         print(f"model {predictor.model.source} on {predictor.device} loaded in {time.time() - t_load:.2f} s "
               f"({time.time() - process_start:.2f} s since start)", file=sys.stderr)

@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refine", choices=("on", "off"), default="off", help="refinement (default off, as the container)")
     ap.add_argument("--intensity", choices=("on", "off"), default="on",
                     help="the intensity step (default on, as the container)")
+    ap.add_argument("--graphcut", choices=("on", "off"), default="off",
+                    help="the graph-cut step (inference/graphcut.py; default off, as the container)")
     ap.add_argument("--click-budget-s", type=float, default=1.5,
                     help="time budget of one click (inference.budget.Budget.for_interaction; 0 = none; default 1.5)")
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "latency.json"))
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for mode in args.modes:
             opts = env_options({"SEGFM_REFINE": args.refine, "SEGFM_CLICK_UPDATE": mode,
-                                "SEGFM_INTENSITY": args.intensity})
+                                "SEGFM_INTENSITY": args.intensity, "SEGFM_GRAPHCUT": args.graphcut})
             predictor = Predictor(model, "cpu", precision=precision, **opts)
             torch.set_num_threads(args.threads)  # the Predictor sets every core of the affinity mask
             forward = []
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                                  args.click_budget_s or None, float(np.median(forward)))
             s = np.asarray(result["seconds"])
             row = {"precision": precision, "mode": mode, "refine": args.refine, "intensity": args.intensity,
-                   "clicks": len(s),
+                   "graphcut": args.graphcut, "clicks": len(s),
                    "click_budget_s": args.click_budget_s, "forward_s": float(np.median(forward)),
                    "p50_s": float(np.percentile(s, 50)), "p95_s": float(np.percentile(s, 95)),
                    "max_s": float(s.max()), "runs_per_click": result["runs"], "dice_box": result["dice"][0], "dice_final": result["dice"][-1],

@@ -22,6 +22,7 @@ from . import precision as P
 from .case_io import Case, parse_case
 from .fallback import add_fallback, fallback_segs  # noqa: F401 - fallback_segs: re-exported
 from .fusion import ProductBackgroundFusion
+from .graphcut import SEED_LEVEL, GraphCutConfig, native_cut, refine_by_cut
 from .intensity import IntensityConfig, refine_by_intensity
 from .local_update import LocalConfig, click_window, extent_changed, merge, previous_pieces
 from .network import CHANNELS, LoadedModel, load_model
@@ -199,6 +200,8 @@ REFINE_BY_DEFAULT = False  # off: no gain on the held-out volumes at 1.4x the ti
 DEFAULT_CLICK_UPDATE = "full"  # measured best on the held-out volumes (docs/refinement.md)
 DEFAULT_INTENSITY = IntensityConfig()  # what "+intensity" / SEGFM_INTENSITY=on uses
 INTENSITY_BY_DEFAULT = True  # on: docs/intensity.md
+DEFAULT_GRAPHCUT = GraphCutConfig()  # what "+cut" / SEGFM_GRAPHCUT=on uses
+GRAPHCUT_BY_DEFAULT = False  # off: short of the margin set before the held-out run (docs/graphcut.md)
 
 
 def new_click(case: Case, c: int) -> tuple[np.ndarray | None, bool]:
@@ -279,7 +282,8 @@ class Predictor:
                  refine: RefineConfig | None = DEFAULT_REFINE if REFINE_BY_DEFAULT else None, click_update: str = DEFAULT_CLICK_UPDATE,
                  local: LocalConfig = LocalConfig(), box_z_clip: bool = True, anchored_extent: bool = True,
                  pin_clicks: bool = True,
-                 intensity: IntensityConfig | None = DEFAULT_INTENSITY if INTENSITY_BY_DEFAULT else None):
+                 intensity: IntensityConfig | None = DEFAULT_INTENSITY if INTENSITY_BY_DEFAULT else None,
+                 graphcut: GraphCutConfig | None = DEFAULT_GRAPHCUT if GRAPHCUT_BY_DEFAULT else None):
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = P.resolve(self.device, precision)  # $SEGFM_PRECISION when None
         self._autocast = P.autocast(self.device, self.precision)
@@ -303,6 +307,7 @@ class Predictor:
         self.anchored_extent = anchored_extent  # challenge cases: ObjectQuery.anchored
         self.pin_clicks = pin_clicks  # challenge cases: clicked voxels keep the organizer's answer (pin_clicks)
         self.intensity = intensity  # None: the network's probabilities as they are (inference/intensity.py)
+        self.graphcut = graphcut  # None: no edge snapping (inference/graphcut.py)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device=None, **kw) -> "Predictor":
@@ -326,13 +331,17 @@ class Predictor:
 
     def predict_window(self, query: "ObjectQuery", window: Window, tta: int = 1) -> torch.Tensor:
         """Foreground probabilities (patch, z, y, x) of one object inside `window`, moved by the window's
-        intensities when the intensity step is on (inference/intensity.py)."""
+        intensities when the intensity step is on (inference/intensity.py), then snapped to its edges when the
+        graph-cut step is on (inference/graphcut.py; a zoomed-out window with `native` is cut after the coarse pass)."""
         x = encode(window, query.image, query.stats, query.prompts, query.prev_mask, query.prev_label,
                    query.prev_probs, query.prev_origin)
         probs = self.run_network(x, tta)
         if self.intensity is not None:
             valid = window.inside_mask(query.image.shape) if self.intensity.inside_only else None
             probs = refine_by_intensity(probs, x[CHANNELS["image"]], self.intensity, valid)
+        if self.graphcut is not None and not (self.graphcut.native and window.patch != window.size):
+            probs = refine_by_cut(probs, x[CHANNELS["image"]], self.graphcut, window.inside_mask(query.image.shape),
+                                  x[CHANNELS["click_pos"]] >= SEED_LEVEL, x[CHANNELS["click_neg"]] >= SEED_LEVEL)
         return probs
 
     def _timed_window(self, query: "ObjectQuery", window: Window, tta: int, budget: B.Budget | None,
@@ -405,6 +414,10 @@ class Predictor:
                              keep_going=(lambda: budget.affords(B.REFINE)) if budget is not None else (lambda: True))
             if refined is not None:
                 window, probs = refined.window, refined.probs
+        if self.graphcut is not None and self.graphcut.native and window.patch != window.size:
+            cut = native_cut(window, probs, query.image, self.graphcut)
+            if cut is not None:
+                window, probs = cut
         if local is not None:
             merged = merge(window.inside(), window.paste(probs), local[0], local[1], self.local.max_region_voxels)
             if merged is not None:

@@ -598,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("listening on %s without an API key: anyone who can reach this port can use the server",
                     args.host)
     t0 = time.time()
-    predictor = load_predictor(args.checkpoint, args.device, tta=args.tta)
+    from .settings import env_options
+    predictor = load_predictor(args.checkpoint, args.device, tta=args.tta, **env_options())  # SEGFM_INTENSITY, ...
     warm_up(predictor)
     log.info("model %s on %s loaded in %.2f s; serving http://%s:%d (max %d sessions%s)", predictor.model.source,
              predictor.device, time.time() - t0, args.host, args.port, config.max_sessions,

@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clicks", type=int, default=3, help="clicks after the box (default 3; the container path has 5 at most)")
     ap.add_argument("--intensity", choices=("on", "off"), default="on",
                     help="the intensity step (default on, as the server and the container)")
+    ap.add_argument("--graphcut", choices=("on", "off"), default="off",
+                    help="the graph-cut step (inference/graphcut.py; default off, as the server and the container)")
     ap.add_argument("--out", default=str(ROOT / "eval_out" / "serve_eval.json"))
     args = ap.parse_args(argv)
     if not 0 <= args.clicks <= 5:
@@ -98,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     from .predictor import load_predictor
     from .settings import env_options
 
-    predictor = load_predictor(args.checkpoint, "cpu", intensity=env_options({"SEGFM_INTENSITY": args.intensity})["intensity"])
+    options = env_options({"SEGFM_INTENSITY": args.intensity, "SEGFM_GRAPHCUT": args.graphcut})
+    predictor = load_predictor(args.checkpoint, "cpu", intensity=options["intensity"], graphcut=options["graphcut"])
     paths = find_cases(args.cases)
     if not paths:
         print(f"no npz volumes under {args.cases} (make data creates data/heldout)", file=sys.stderr)

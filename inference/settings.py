@@ -5,10 +5,12 @@ A setting is `coarse` or `refine`, then optionally `+full`, `+local` or `+both` 
 `+zclip` drops them), `+noanchor` (place a challenge class's window on all its prompts and its whole previous
 mask; default `+anchor`: on the positive prompts and the previous components they touch), `+nopin` (leave a
 challenge class's clicked voxels to the network; default `+pin`: foreground clicks 1, background clicks 0), `+tta=N` (N mirrored copies averaged per network run), `+nointensity` (the network's probabilities as they are;
-default `+intensity`: moved by the object's intensity histogram, inference/intensity.py) and `+field=value` items
-that override fields of `RefineConfig` (refinement), `LocalConfig` (prefixed `local.`) or `IntensityConfig`
-(prefixed `intensity.`), e.g. `refine+both+max_tiles=4+soft_prev=0`. The container reads `SEGFM_REFINE`
-(on/off), `SEGFM_CLICK_UPDATE` (full/local/both) and `SEGFM_INTENSITY` (on/off).
+default `+intensity`: moved by the object's intensity histogram, inference/intensity.py), `+cut` (the mask
+snapped to the image's edges by a graph cut, inference/graphcut.py; default `+nocut`) and `+field=value` items
+that override fields of `RefineConfig` (refinement), `LocalConfig` (prefixed `local.`), `IntensityConfig`
+(prefixed `intensity.`) or `GraphCutConfig` (prefixed `cut.`), e.g. `refine+both+max_tiles=4+soft_prev=0`. The
+container reads `SEGFM_REFINE` (on/off), `SEGFM_CLICK_UPDATE` (full/local/both), `SEGFM_INTENSITY` (on/off) and
+`SEGFM_GRAPHCUT` (on/off).
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ import os
 from typing import Any
 
 from .local_update import LocalConfig
-from .predictor import (CLICK_UPDATES, DEFAULT_CLICK_UPDATE, DEFAULT_INTENSITY, DEFAULT_REFINE, INTENSITY_BY_DEFAULT,
-                        REFINE_BY_DEFAULT)
+from .predictor import (CLICK_UPDATES, DEFAULT_CLICK_UPDATE, DEFAULT_GRAPHCUT, DEFAULT_INTENSITY, DEFAULT_REFINE,
+                        GRAPHCUT_BY_DEFAULT, INTENSITY_BY_DEFAULT, REFINE_BY_DEFAULT)
 from .refine import RefineConfig
 
 
@@ -52,6 +54,7 @@ def predictor_options(name: str) -> dict[str, Any]:
     anchored_extent = True
     pin = True
     intensity = DEFAULT_INTENSITY if INTENSITY_BY_DEFAULT else None
+    graphcut = DEFAULT_GRAPHCUT if GRAPHCUT_BY_DEFAULT else None
     options: dict[str, Any] = {}
     for part in parts[1:]:
         if part in CLICK_UPDATES:
@@ -64,12 +67,16 @@ def predictor_options(name: str) -> dict[str, Any]:
             pin = part == "pin"
         elif part in ("intensity", "nointensity"):
             intensity = (intensity or DEFAULT_INTENSITY) if part == "intensity" else None
+        elif part in ("cut", "nocut"):
+            graphcut = (graphcut or DEFAULT_GRAPHCUT) if part == "cut" else None
         elif "=" in part:
             key, text = part.split("=", 1)
             if key == "tta":
                 options["tta"] = int(text)
             elif key.startswith("intensity."):
                 intensity = _override(intensity or DEFAULT_INTENSITY, key[len("intensity."):], text)
+            elif key.startswith("cut."):
+                graphcut = _override(graphcut or DEFAULT_GRAPHCUT, key[len("cut."):], text)
             elif key.startswith("local."):
                 local = _override(local, key[len("local."):], text)
             elif refine is None:
@@ -79,7 +86,8 @@ def predictor_options(name: str) -> dict[str, Any]:
         else:
             raise ValueError(f"setting {name!r}: unknown part {part!r}")
     return {"refine": refine, "click_update": click_update, "local": local, "box_z_clip": box_z_clip,
-            "anchored_extent": anchored_extent, "pin_clicks": pin, "intensity": intensity, **options}
+            "anchored_extent": anchored_extent, "pin_clicks": pin, "intensity": intensity, "graphcut": graphcut,
+            **options}
 
 
 def _switch(env: dict[str, str], name: str, default: bool) -> bool:
@@ -93,13 +101,14 @@ def _switch(env: dict[str, str], name: str, default: bool) -> bool:
 
 
 def env_options(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """Predictor keyword arguments from $SEGFM_REFINE (on/off, default off), $SEGFM_CLICK_UPDATE and
-    $SEGFM_INTENSITY (on/off, default on)."""
+    """Predictor keyword arguments from $SEGFM_REFINE (on/off, default off), $SEGFM_CLICK_UPDATE,
+    $SEGFM_INTENSITY (on/off, default on) and $SEGFM_GRAPHCUT (on/off, default off)."""
     env = os.environ if environ is None else environ
     refine = _switch(env, "SEGFM_REFINE", REFINE_BY_DEFAULT)
     intensity = _switch(env, "SEGFM_INTENSITY", INTENSITY_BY_DEFAULT)
+    graphcut = _switch(env, "SEGFM_GRAPHCUT", GRAPHCUT_BY_DEFAULT)
     click = env.get("SEGFM_CLICK_UPDATE", DEFAULT_CLICK_UPDATE).strip().lower() or DEFAULT_CLICK_UPDATE
     if click not in CLICK_UPDATES:
         raise ValueError(f"SEGFM_CLICK_UPDATE must be one of {', '.join(CLICK_UPDATES)}, not {click!r}")
     return {"refine": DEFAULT_REFINE if refine else None, "click_update": click,
-            "intensity": DEFAULT_INTENSITY if intensity else None}
+            "intensity": DEFAULT_INTENSITY if intensity else None, "graphcut": DEFAULT_GRAPHCUT if graphcut else None}

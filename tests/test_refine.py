@@ -7,7 +7,7 @@ from inference import budget as B
 from inference.case_io import parse_case
 from inference.local_update import LocalConfig, click_window, extent_changed
 from inference.network import CHANNELS, new_model
-from inference.predictor import DEFAULT_INTENSITY, ObjectQuery, Predictor
+from inference.predictor import DEFAULT_GRAPHCUT, DEFAULT_INTENSITY, ObjectQuery, Predictor
 from inference.prompts import ClassPrompts, encode, image_stats
 from inference.refine import RefineConfig, band_points, boundary_band, paste_into, plan_tiles, refine
 from inference.settings import env_options, predictor_options
@@ -205,7 +205,7 @@ def test_budget_drops_refinement_first_under_a_slow_network():
 def test_settings_names_and_environment():
     assert predictor_options("coarse+full") == {"refine": None, "click_update": "full", "local": LocalConfig(),
                                                 "box_z_clip": True, "anchored_extent": True, "pin_clicks": True,
-                                                "intensity": DEFAULT_INTENSITY}
+                                                "intensity": DEFAULT_INTENSITY, "graphcut": None}
     assert predictor_options("coarse+noanchor")["anchored_extent"] is False
     assert predictor_options("coarse+nopin")["pin_clicks"] is False
     opts = predictor_options("coarse+nozclip+tta=4")
@@ -218,8 +218,9 @@ def test_settings_names_and_environment():
     with pytest.raises(ValueError):
         predictor_options("refine+bogus=1")
     assert env_options({"SEGFM_REFINE": "off", "SEGFM_CLICK_UPDATE": "full"}) == {
-        "refine": None, "click_update": "full", "intensity": DEFAULT_INTENSITY}
+        "refine": None, "click_update": "full", "intensity": DEFAULT_INTENSITY, "graphcut": None}
     assert env_options({"SEGFM_INTENSITY": "off"})["intensity"] is None
+    assert env_options({"SEGFM_GRAPHCUT": "on"})["graphcut"] == DEFAULT_GRAPHCUT
     with pytest.raises(ValueError, match="SEGFM_INTENSITY"):
         env_options({"SEGFM_INTENSITY": "maybe"})
     with pytest.raises(ValueError, match="SEGFM_CLICK_UPDATE"):
