@@ -28,6 +28,6 @@ RUN pip install --index-url "${TORCH_INDEX}" torch==2.13.0 \
 COPY inference/ ./inference/
 COPY weights/ ./weights/
 COPY predict.sh ./predict.sh
-RUN chmod 755 predict.sh && python -c "import inference.predictor, dynamic_network_architectures"
+RUN chmod 755 predict.sh && python -c "import inference.predictor, dynamic_network_architectures, maxflow"
 
 CMD ["/bin/bash", "-c", "sh predict.sh"]

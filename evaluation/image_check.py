@@ -45,6 +45,9 @@ from evaluation.regions import class_boxes
 DEFAULT_BASE = "python:3.13-slim-bookworm"
 STANDIN_TAG = "localhost/segfm3d-standin"
 WHEEL_PLATFORM = "manylinux_2_28_x86_64"
+# pip download matches an explicit --platform exactly, so the older manylinux tags that bookworm's glibc 2.36 also
+# runs are listed too (PyMaxflow publishes manylinux_2_17 wheels only)
+WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
 def sh(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess:
@@ -136,7 +139,7 @@ def download_wheels(folder: Path, py: str, torch_spec: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     abi = "cp" + py.replace(".", "")
     common = ["--dest", str(folder), "--only-binary=:all:", "--python-version", py, "--implementation", "cp",
-              "--abi", abi, "--platform", WHEEL_PLATFORM]
+              "--abi", abi] + [arg for tag in WHEEL_PLATFORMS for arg in ("--platform", tag)]
     pip = [sys.executable, "-m", "pip", "download", "--quiet"]
     sh(pip + common + [torch_spec, "-r", str(PROJECT_ROOT / "requirements.txt")])
     sh(pip + common + ["--no-deps", "-r", str(PROJECT_ROOT / "requirements-nodeps.txt")])

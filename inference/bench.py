@@ -118,6 +118,34 @@ def checkpoint_for(profile: str, folder: Path) -> Path:
     return path
 
 
+def step_costs(size: int = 64, repeats: int = 5) -> list[dict]:
+    """Median seconds of the steps after a network run (intensity step, graph cut) on one size^3 window: a bright
+    sphere in noise and a box-shaped prediction around it, as `Predictor.predict_window` gives them."""
+    import torch
+
+    from inference.graphcut import GraphCutConfig, refine_by_cut
+    from inference.intensity import IntensityConfig, refine_by_intensity
+
+    g = torch.stack(torch.meshgrid(*(torch.arange(size, dtype=torch.float32),) * 3, indexing="ij"))
+    sphere = ((g - size / 2) ** 2).sum(0) <= (size / 4) ** 2
+    image = sphere.float() * 2 + torch.randn((size,) * 3, generator=torch.Generator().manual_seed(0))
+    probs = torch.full((size,) * 3, 0.05)
+    lo, hi = size // 4 - 2, 3 * size // 4 + 2
+    probs[lo:hi, lo:hi, lo:hi] = 0.9
+    steps = {"intensity step": lambda: refine_by_intensity(probs, image, IntensityConfig()),
+             "graph cut (opt-in)": lambda: refine_by_cut(probs, image, GraphCutConfig())}
+    rows = []
+    for name, fn in steps.items():
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        rows.append({"step": name, "window": f"{size}^3", "threads": torch.get_num_threads(),
+                     "median_s": float(np.median(times))})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m inference.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--profiles", nargs="+", default=["lite", "lite-l", "nninteractive"])
@@ -183,9 +211,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"lite          1456x590x556, 20 classes, click step: {row['infer_s_per_class']:.2f} s/class, "
                   f"peak memory {row['max_rss_gb']:.2f} GB", flush=True)
+    steps = step_costs()
+    for r in steps:
+        print(f"{r['step']:20s} one {r['window']} window: {r['median_s'] * 1000:.0f} ms ({r['threads']} threads)", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
-    print(f"wrote {args.out}")
+    Path(args.out).with_name("inference_steps.json").write_text(json.dumps(steps, indent=1))
+    print(f"wrote {args.out} and {Path(args.out).with_name('inference_steps.json')}")
     print("\n| profile | precision | volume | step | start+import (s) | model load (s) | inference (s/class/run) "
           "| peak RSS (GB) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import maxflow
 import numpy as np
 import torch
 
@@ -40,6 +39,15 @@ class GraphCutConfig:
     seeds: bool = False  # click centres as hard constraints (Boykov-Jolly seeds): + clicks inside, - clicks outside
     native: bool = False  # zoomed-out windows: cut once at the volume's own resolution after the coarse pass
     max_voxels: int = 2 ** 22  # larger windows are left as they are (time and memory)
+
+
+def require_maxflow():
+    """PyMaxflow (requirements.txt), imported only when the step is on, so the default path never needs it."""
+    try:
+        import maxflow
+    except ImportError as exc:  # pragma: no cover - the image and `make install` have it
+        raise ImportError("the graph-cut step needs PyMaxflow (pip install PyMaxflow==1.3.2, requirements.txt)") from exc
+    return maxflow
 
 
 def _neighbour_weights(image: np.ndarray, cfg: GraphCutConfig) -> list[np.ndarray]:
@@ -69,7 +77,7 @@ def cut_mask(probs: np.ndarray, image: np.ndarray, cfg: GraphCutConfig, inside: 
     """The minimum-energy foreground mask (bool, z, y, x) for probabilities and image of the same shape; voxels
     of `inside` / `outside` (bool, same shape) are held on their side."""
     p = np.clip(probs.astype(np.float64), 1e-4, 1 - 1e-4)
-    g = maxflow.Graph[float]()
+    g = require_maxflow().Graph[float]()
     ids = g.add_grid_nodes(p.shape)
     img = image.astype(np.float64)
     for axis, w in enumerate(_neighbour_weights(img, cfg)):

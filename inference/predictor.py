@@ -22,7 +22,7 @@ from . import precision as P
 from .case_io import Case, parse_case
 from .fallback import add_fallback, fallback_segs  # noqa: F401 - fallback_segs: re-exported
 from .fusion import ProductBackgroundFusion
-from .graphcut import SEED_LEVEL, GraphCutConfig, native_cut, refine_by_cut
+from .graphcut import SEED_LEVEL, GraphCutConfig, native_cut, refine_by_cut, require_maxflow
 from .intensity import IntensityConfig, refine_by_intensity
 from .local_update import LocalConfig, click_window, extent_changed, merge, previous_pieces
 from .network import CHANNELS, LoadedModel, load_model
@@ -308,6 +308,8 @@ class Predictor:
         self.pin_clicks = pin_clicks  # challenge cases: clicked voxels keep the organizer's answer (pin_clicks)
         self.intensity = intensity  # None: the network's probabilities as they are (inference/intensity.py)
         self.graphcut = graphcut  # None: no edge snapping (inference/graphcut.py)
+        if graphcut is not None:
+            require_maxflow()  # fail at start, not at the first object
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device=None, **kw) -> "Predictor":

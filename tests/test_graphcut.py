@@ -1,5 +1,8 @@
 """inference/graphcut.py: the mask's surface snapped to the image's edges by a contrast-sensitive graph cut."""
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -105,3 +108,24 @@ def test_click_seeds_hold_their_side_of_the_cut():
     assert not (refine_by_cut(probs, flat, dataclasses.replace(cfg, seeds=False), None, inside, outside) > 0.5).any()
     out = refine_by_cut(probs, flat, cfg, None, inside, outside) > 0.5
     assert out[16, 16, 16] and not out[16, 16, 17]
+
+
+def test_the_default_path_runs_without_pymaxflow():
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'maxflow': raise ImportError('blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from inference.network import new_model\n"
+        "from inference.predictor import DEFAULT_GRAPHCUT, Predictor\n"
+        "Predictor(new_model('tiny'), 'cpu')\n"
+        "try:\n"
+        "    Predictor(new_model('tiny'), 'cpu', graphcut=DEFAULT_GRAPHCUT)\n"
+        "except ImportError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    assert "refused: the graph-cut step needs PyMaxflow" in res.stdout
