@@ -65,7 +65,7 @@ def _neighbour_weights(image: np.ndarray, cfg: GraphCutConfig) -> list[np.ndarra
     mean = float(sq.mean()) if sq.size else 0.0
     beta = cfg.beta_scale / (2 * mean) if mean > 1e-12 else 0.0
     out = []
-    for axis, (d, s) in enumerate(diffs):
+    for d, s in diffs:
         w = np.zeros_like(image)
         w[s] = cfg.weight * np.exp(-beta * d[s] ** 2)
         out.append(w)
@@ -109,10 +109,10 @@ def refine_by_cut(probs: torch.Tensor, image: torch.Tensor, cfg: GraphCutConfig,
     fg = torch.from_numpy(cut_mask(p.numpy(), image.float().numpy(), cfg, *seeds))
     was = p > 0.5
     if cfg.min_agreement > 0:
-        inside = fg if valid is None else fg & valid
+        after = fg if valid is None else fg & valid
         before = was if valid is None else was & valid
-        total = int(inside.sum()) + int(before.sum())
-        if total and 2 * int((inside & before).sum()) < cfg.min_agreement * total:
+        total = int(after.sum()) + int(before.sum())
+        if total and 2 * int((after & before).sum()) < cfg.min_agreement * total:
             return probs
     out = torch.where(fg & ~was, torch.full_like(p, 0.5 + cfg.margin),
                       torch.where(~fg & was, torch.full_like(p, 0.5 - cfg.margin), p))
