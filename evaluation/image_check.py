@@ -44,10 +44,10 @@ from evaluation.regions import class_boxes
 
 DEFAULT_BASE = "python:3.13-slim-bookworm"
 STANDIN_TAG = "localhost/segfm3d-standin"
-WHEEL_PLATFORM = "manylinux_2_28_x86_64"
 # pip download matches an explicit --platform exactly, so the older manylinux tags that bookworm's glibc 2.36 also
 # runs are listed too (PyMaxflow publishes manylinux_2_17 wheels only)
 WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+PLATFORM_ARGS = [arg for tag in WHEEL_PLATFORMS for arg in ("--platform", tag)]
 
 
 def sh(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess:
@@ -116,7 +116,7 @@ def reading_code_check(engine: str, suite: str, wheels: Path) -> dict[str, Any]:
     wheels.mkdir(parents=True, exist_ok=True)
     sh([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(wheels), "--only-binary=:all:",
         "--python-version", py, "--implementation", "cp", "--abi", "cp" + py.replace(".", ""),
-        "--platform", WHEEL_PLATFORM, _pin("requirements.txt", "numpy"), _pin("requirements-dev.txt", "pytest")])
+        *PLATFORM_ARGS, _pin("requirements.txt", "numpy"), _pin("requirements-dev.txt", "pytest")])
     script = ("pip install -q --no-index --find-links /wheels numpy pytest && cd /tmp && "
               "python3 -m pytest -q -p no:cacheprovider --noconftest /src/tests/test_case_io.py")
     res = subprocess.run([engine, "run", "--rm", "--network", "none", "-v", f"{PROJECT_ROOT}:/src:ro",
@@ -139,7 +139,7 @@ def download_wheels(folder: Path, py: str, torch_spec: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     abi = "cp" + py.replace(".", "")
     common = ["--dest", str(folder), "--only-binary=:all:", "--python-version", py, "--implementation", "cp",
-              "--abi", abi] + [arg for tag in WHEEL_PLATFORMS for arg in ("--platform", tag)]
+              "--abi", abi, *PLATFORM_ARGS]
     pip = [sys.executable, "-m", "pip", "download", "--quiet"]
     sh(pip + common + [torch_spec, "-r", str(PROJECT_ROOT / "requirements.txt")])
     sh(pip + common + ["--no-deps", "-r", str(PROJECT_ROOT / "requirements-nodeps.txt")])

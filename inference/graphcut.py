@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .refine import paste_into
 from .window import Window, region_voxels
 
 SEED_LEVEL = 0.95  # a click channel at or above this is a click's centre voxel (prompts.ball: 1 there, 0.8 next to it)
@@ -128,7 +129,6 @@ def native_cut(window: Window, probs: torch.Tensor, image: np.ndarray, cfg: Grap
     if region_voxels(region) > cfg.max_voxels or region_voxels(region) == 0:
         return None
     native = np.zeros(tuple(s.stop - s.start for s in region), np.float32)
-    for piece, values in window.paste(probs):
-        native[tuple(slice(p.start - r.start, p.stop - r.start) for p, r in zip(piece, region))] = values
+    paste_into(native, [s.start for s in region], window, probs)
     cut = refine_by_cut(torch.from_numpy(native), torch.from_numpy(np.asarray(image[region], np.float32)), cfg)
     return Window.native(region, image.shape), cut

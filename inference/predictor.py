@@ -338,13 +338,21 @@ class Predictor:
         x = encode(window, query.image, query.stats, query.prompts, query.prev_mask, query.prev_label,
                    query.prev_probs, query.prev_origin)
         probs = self.run_network(x, tta)
+        cut_here = self.graphcut is not None and not self._cut_natively(window)
+        if self.intensity is None and not cut_here:
+            return probs
+        valid = window.inside_mask(query.image.shape)  # computed once for both steps
         if self.intensity is not None:
-            valid = window.inside_mask(query.image.shape) if self.intensity.inside_only else None
-            probs = refine_by_intensity(probs, x[CHANNELS["image"]], self.intensity, valid)
-        if self.graphcut is not None and not (self.graphcut.native and window.patch != window.size):
-            probs = refine_by_cut(probs, x[CHANNELS["image"]], self.graphcut, window.inside_mask(query.image.shape),
+            probs = refine_by_intensity(probs, x[CHANNELS["image"]], self.intensity,
+                                        valid if self.intensity.inside_only else None)
+        if cut_here:
+            probs = refine_by_cut(probs, x[CHANNELS["image"]], self.graphcut, valid,
                                   x[CHANNELS["click_pos"]] >= SEED_LEVEL, x[CHANNELS["click_neg"]] >= SEED_LEVEL)
         return probs
+
+    def _cut_natively(self, window: Window) -> bool:
+        """Whether the graph cut of this window waits for the coarse pass, on the volume's own grid (`native`)."""
+        return self.graphcut is not None and self.graphcut.native and not window.native_resolution
 
     def _timed_window(self, query: "ObjectQuery", window: Window, tta: int, budget: B.Budget | None,
                       counter: list[int]) -> torch.Tensor:
@@ -416,7 +424,7 @@ class Predictor:
                              keep_going=(lambda: budget.affords(B.REFINE)) if budget is not None else (lambda: True))
             if refined is not None:
                 window, probs = refined.window, refined.probs
-        if self.graphcut is not None and self.graphcut.native and window.patch != window.size:
+        if self._cut_natively(window):
             cut = native_cut(window, probs, query.image, self.graphcut)
             if cut is not None:
                 window, probs = cut

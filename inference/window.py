@@ -108,6 +108,11 @@ class Window:
         return np.asarray(self.size, float) / np.asarray(self.patch, float)
 
     @property
+    def native_resolution(self) -> bool:
+        """One patch voxel per volume voxel (patch == size): the values need no resampling."""
+        return self.patch == self.size
+
+    @property
     def zoom(self) -> float:
         return float(self.scale.max())
 
@@ -234,7 +239,7 @@ class Window:
         ny, nx = region[1].stop - region[1].start, region[2].stop - region[2].start
         nz = region[0].stop - region[0].start
         step = max(1, int(max_voxels // max(ny * nx, 1)))
-        if self.patch == self.size:  # native resolution: the values themselves (what the interpolation gives)
+        if self.native_resolution:  # the values themselves (what the interpolation gives)
             local = tuple(slice(r.start - s, r.stop - s) for r, s in zip(region, self.start))
             sub = vals[local]
             for z0 in range(0, nz, step):
