@@ -50,6 +50,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--graphcut", choices=("on", "off"), default=os.environ.get("SEGFM_GRAPHCUT") or "off",
                     help="snap each object's mask to the image's edges with a graph cut (inference/graphcut.py; "
                          "default: $SEGFM_GRAPHCUT or off)")
+    ap.add_argument("--volume-weight", type=float, default=None,
+                    help="fusion: a voxel that several classes claim goes to the largest logit(p) - w ln(volume), "
+                         "so a structure nested in another's box keeps its voxels (inference/fusion.py; 0: the "
+                         "most probable class; default: $SEGFM_VOLUME_WEIGHT or the predictor's default)")
     ap.add_argument("--no-watchdog", action="store_true",
                     help="run the network in this process, without the supervisor that writes fallback "
                          "predictions when a case misses its hard deadline")
@@ -59,12 +63,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def volume_weight_text(value: float | None) -> str:
+    """--volume-weight as the environment variable's text ($SEGFM_VOLUME_WEIGHT when not given)."""
+    return os.environ.get("SEGFM_VOLUME_WEIGHT", "") if value is None else repr(value)
+
+
 def worker_command(args: argparse.Namespace, fd: int, skip: int) -> list[str]:
     """The argv of a worker process for the cases from index `skip` on, reporting to pipe `fd`."""
     cmd = [sys.executable, "-m", "inference", "--input-dir", str(args.input_dir), "--output-dir",
            str(args.output_dir), "--per-class-run-s", repr(args.per_class_run_s), "--tta", str(args.tta),
            "--refine", args.refine, "--click-update", args.click_update, "--intensity", args.intensity,
            "--graphcut", args.graphcut, "--worker-fd", str(fd), "--skip", str(skip)]
+    if args.volume_weight is not None:
+        cmd += ["--volume-weight", repr(args.volume_weight)]
     if args.weights:
         cmd += ["--weights", str(args.weights)]
     if args.device:
@@ -90,7 +101,8 @@ def run_cases(args: argparse.Namespace, cases: list[Path], first: int = 0, repor
     predictor = load_predictor(args.weights, args.device, per_class_run_s=args.per_class_run_s,
                                verbose=not args.quiet, tta=args.tta,
                                **env_options({"SEGFM_REFINE": args.refine, "SEGFM_CLICK_UPDATE": args.click_update,
-                                             "SEGFM_INTENSITY": args.intensity, "SEGFM_GRAPHCUT": args.graphcut}))
+                                             "SEGFM_INTENSITY": args.intensity, "SEGFM_GRAPHCUT": args.graphcut,
+                                             "SEGFM_VOLUME_WEIGHT": volume_weight_text(args.volume_weight)}))
     if not args.quiet:
         print(f"model {predictor.model.source} on {predictor.device} loaded in {time.time() - t_load:.2f} s "
               f"({time.time() - process_start:.2f} s since start)", file=sys.stderr)

@@ -202,6 +202,7 @@ DEFAULT_INTENSITY = IntensityConfig()  # what "+intensity" / SEGFM_INTENSITY=on 
 INTENSITY_BY_DEFAULT = True  # on: docs/intensity.md
 DEFAULT_GRAPHCUT = GraphCutConfig()  # what "+cut" / SEGFM_GRAPHCUT=on uses
 GRAPHCUT_BY_DEFAULT = False  # off: short of the margin set before the held-out run (docs/graphcut.md)
+DEFAULT_VOLUME_WEIGHT = 0.0  # off: +0.0045 held-out mean against a 0.005 margin set before the run; 0.5 opt-in (docs/fusion.md)
 
 
 def new_click(case: Case, c: int) -> tuple[np.ndarray | None, bool]:
@@ -283,7 +284,8 @@ class Predictor:
                  local: LocalConfig = LocalConfig(), box_z_clip: bool = True, anchored_extent: bool = True,
                  pin_clicks: bool = True,
                  intensity: IntensityConfig | None = DEFAULT_INTENSITY if INTENSITY_BY_DEFAULT else None,
-                 graphcut: GraphCutConfig | None = DEFAULT_GRAPHCUT if GRAPHCUT_BY_DEFAULT else None):
+                 graphcut: GraphCutConfig | None = DEFAULT_GRAPHCUT if GRAPHCUT_BY_DEFAULT else None,
+                 volume_weight: float = DEFAULT_VOLUME_WEIGHT):
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = P.resolve(self.device, precision)  # $SEGFM_PRECISION when None
         self._autocast = P.autocast(self.device, self.precision)
@@ -308,6 +310,7 @@ class Predictor:
         self.pin_clicks = pin_clicks  # challenge cases: clicked voxels keep the organizer's answer (pin_clicks)
         self.intensity = intensity  # None: the network's probabilities as they are (inference/intensity.py)
         self.graphcut = graphcut  # None: no edge snapping (inference/graphcut.py)
+        self.volume_weight = volume_weight  # which class a voxel several classes claim gets (inference/fusion.py)
         if graphcut is not None:
             require_maxflow()  # fail at start, not at the first object
 
@@ -473,7 +476,7 @@ class Predictor:
         """The uint8 (z, y, x) label map of all classes of a case."""
         budget = budget or B.Budget(case.num_classes, per_class_run_s=self.per_class_run_s)
         stats = image_stats(case.image)
-        fusion = ProductBackgroundFusion(case.shape)
+        fusion = ProductBackgroundFusion(case.shape, self.volume_weight)
         prev_objects = ndimage.find_objects(case.prev_pred, max_label=case.num_classes) if case.prev_pred is not None else []
         levels = []
         for c in range(case.num_classes):
@@ -494,6 +497,7 @@ class Predictor:
             pieces = (clip_z(region, values, *z_range) if z_range is not None else (region, values)
                       for region, values in window.paste(probs))
             pieces = [p for p in pieces if p is not None]
+            fusion.set_volume(c + 1, float(sum(np.count_nonzero(values > 0.5) for _, values in pieces)))
             if self.pin_clicks:
                 pin_clicks(fusion, c + 1, pieces, case.fg_clicks[c], case.bg_clicks[c])
             else:

@@ -8,9 +8,10 @@ challenge class's clicked voxels to the network; default `+pin`: foreground clic
 default `+intensity`: moved by the object's intensity histogram, inference/intensity.py), `+cut` (the mask
 snapped to the image's edges by a graph cut, inference/graphcut.py; default `+nocut`) and `+field=value` items
 that override fields of `RefineConfig` (refinement), `LocalConfig` (prefixed `local.`), `IntensityConfig`
-(prefixed `intensity.`) or `GraphCutConfig` (prefixed `cut.`), e.g. `refine+both+max_tiles=4+soft_prev=0`. The
-container reads `SEGFM_REFINE` (on/off), `SEGFM_CLICK_UPDATE` (full/local/both), `SEGFM_INTENSITY` (on/off) and
-`SEGFM_GRAPHCUT` (on/off).
+(prefixed `intensity.`) or `GraphCutConfig` (prefixed `cut.`), or set `volume_weight=w` (the fusion's
+overlap rule, inference/fusion.py), e.g. `refine+both+max_tiles=4+soft_prev=0`. The
+container reads `SEGFM_REFINE` (on/off), `SEGFM_CLICK_UPDATE` (full/local/both), `SEGFM_INTENSITY` (on/off),
+`SEGFM_GRAPHCUT` (on/off) and `SEGFM_VOLUME_WEIGHT` (a number >= 0).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any
 
 from .local_update import LocalConfig
 from .predictor import (CLICK_UPDATES, DEFAULT_CLICK_UPDATE, DEFAULT_GRAPHCUT, DEFAULT_INTENSITY, DEFAULT_REFINE,
-                        GRAPHCUT_BY_DEFAULT, INTENSITY_BY_DEFAULT, REFINE_BY_DEFAULT)
+                        DEFAULT_VOLUME_WEIGHT, GRAPHCUT_BY_DEFAULT, INTENSITY_BY_DEFAULT, REFINE_BY_DEFAULT)
 from .refine import RefineConfig
 
 
@@ -73,6 +74,8 @@ def predictor_options(name: str) -> dict[str, Any]:
             key, text = part.split("=", 1)
             if key == "tta":
                 options["tta"] = int(text)
+            elif key == "volume_weight":
+                options["volume_weight"] = volume_weight({"SEGFM_VOLUME_WEIGHT": text})
             elif key.startswith("intensity."):
                 intensity = _override(intensity or DEFAULT_INTENSITY, key[len("intensity."):], text)
             elif key.startswith("cut."):
@@ -100,9 +103,23 @@ def _switch(env: dict[str, str], name: str, default: bool) -> bool:
     return text in ("on", "1", "true")
 
 
+def volume_weight(env: dict[str, str]) -> float:
+    """$SEGFM_VOLUME_WEIGHT (a number >= 0; empty = the default)."""
+    text = env.get("SEGFM_VOLUME_WEIGHT", "").strip()
+    if not text:
+        return DEFAULT_VOLUME_WEIGHT
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"SEGFM_VOLUME_WEIGHT must be a number >= 0, not {text!r}") from None
+    if not value >= 0:
+        raise ValueError(f"SEGFM_VOLUME_WEIGHT must be a number >= 0, not {text!r}")
+    return value
+
+
 def env_options(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """Predictor keyword arguments from $SEGFM_REFINE (on/off, default off), $SEGFM_CLICK_UPDATE,
-    $SEGFM_INTENSITY (on/off, default on) and $SEGFM_GRAPHCUT (on/off, default off)."""
+    $SEGFM_INTENSITY (on/off, default on), $SEGFM_GRAPHCUT (on/off, default off) and $SEGFM_VOLUME_WEIGHT."""
     env = os.environ if environ is None else environ
     refine = _switch(env, "SEGFM_REFINE", REFINE_BY_DEFAULT)
     intensity = _switch(env, "SEGFM_INTENSITY", INTENSITY_BY_DEFAULT)
@@ -111,4 +128,5 @@ def env_options(environ: dict[str, str] | None = None) -> dict[str, Any]:
     if click not in CLICK_UPDATES:
         raise ValueError(f"SEGFM_CLICK_UPDATE must be one of {', '.join(CLICK_UPDATES)}, not {click!r}")
     return {"refine": DEFAULT_REFINE if refine else None, "click_update": click,
-            "intensity": DEFAULT_INTENSITY if intensity else None, "graphcut": DEFAULT_GRAPHCUT if graphcut else None}
+            "intensity": DEFAULT_INTENSITY if intensity else None, "graphcut": DEFAULT_GRAPHCUT if graphcut else None,
+            "volume_weight": volume_weight(env)}

@@ -7,7 +7,7 @@ from inference import budget as B
 from inference.case_io import parse_case
 from inference.local_update import LocalConfig, click_window, extent_changed
 from inference.network import CHANNELS, new_model
-from inference.predictor import DEFAULT_GRAPHCUT, DEFAULT_INTENSITY, ObjectQuery, Predictor
+from inference.predictor import DEFAULT_GRAPHCUT, DEFAULT_INTENSITY, DEFAULT_VOLUME_WEIGHT, ObjectQuery, Predictor
 from inference.prompts import ClassPrompts, encode, image_stats
 from inference.refine import RefineConfig, band_points, boundary_band, paste_into, plan_tiles, refine
 from inference.settings import env_options, predictor_options
@@ -218,7 +218,13 @@ def test_settings_names_and_environment():
     with pytest.raises(ValueError):
         predictor_options("refine+bogus=1")
     assert env_options({"SEGFM_REFINE": "off", "SEGFM_CLICK_UPDATE": "full"}) == {
-        "refine": None, "click_update": "full", "intensity": DEFAULT_INTENSITY, "graphcut": None}
+        "refine": None, "click_update": "full", "intensity": DEFAULT_INTENSITY, "graphcut": None,
+        "volume_weight": DEFAULT_VOLUME_WEIGHT}
+    assert env_options({"SEGFM_VOLUME_WEIGHT": "0.5"})["volume_weight"] == 0.5
+    assert predictor_options("coarse+full+volume_weight=0.25")["volume_weight"] == 0.25
+    for bad in ("-1", "much", "nan"):
+        with pytest.raises(ValueError, match="SEGFM_VOLUME_WEIGHT"):
+            env_options({"SEGFM_VOLUME_WEIGHT": bad})
     assert env_options({"SEGFM_INTENSITY": "off"})["intensity"] is None
     assert env_options({"SEGFM_GRAPHCUT": "on"})["graphcut"] == DEFAULT_GRAPHCUT
     with pytest.raises(ValueError, match="SEGFM_INTENSITY"):
@@ -250,3 +256,25 @@ def test_a_class_without_error_keeps_its_mask_and_costs_no_run():
     segs = p.predict_case(case)
     assert len(p.windows) == 1  # class 1 only
     assert np.array_equal(segs == 2, case.prev_pred == 2)
+
+
+def test_volume_weight_reaches_the_fusion_of_a_case():
+    """Two box-filling classes, the second's box inside the first's and a little less sure (0.9 against 0.95):
+    the max rule gives the overlap to the first class; with a volume weight the nested class keeps its box
+    (predict_case -> fusion)."""
+    shape = (24, 32, 32)
+    data = {"imgs": np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8), "spacing": np.ones(3),
+            "boxes": [{"z_min": 2, "z_max": 21, "z_mid": 12, "z_mid_x_min": 2, "z_mid_y_min": 2, "z_mid_x_max": 29,
+                       "z_mid_y_max": 29},
+                      {"z_min": 10, "z_max": 14, "z_mid": 12, "z_mid_x_min": 12, "z_mid_y_min": 12, "z_mid_x_max": 17,
+                       "z_mid_y_max": 17}]}
+    def fill(x):
+        box = (x[CHANNELS["box_pos"]] > 0).float()
+        return box * (0.95 if box.mean() > 0.1 else 0.9)
+
+    inner = (slice(10, 15), slice(12, 18), slice(12, 18))
+    plain = FakeNetwork(fill, intensity=None, max_zoom_outs=0, volume_weight=0.0).predict_case(parse_case(data, "CT_nested.npz"))
+    weighted = FakeNetwork(fill, intensity=None, max_zoom_outs=0, volume_weight=0.5).predict_case(
+        parse_case(data, "CT_nested.npz"))
+    assert (plain[inner] == 1).all() and (weighted[inner] == 2).all()
+    assert ((plain > 0) == (weighted > 0)).all() and (weighted == 1).sum() > 1000
