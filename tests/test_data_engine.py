@@ -11,8 +11,8 @@ from inference.prompts import ClassPrompts, ImageStats, encode, no_voxels
 from inference.window import Window
 from training import viewer_prompts
 from training.augment import SpatialOptions, seeded, spatial
-from training.data import (PROMPT_KINDS, CaseStore, SampleOptions, list_cases, make_sample, prepare_case,
-                           render_sample, write_synthetic_cases)
+from training.data import (PROMPT_KINDS, CaseStore, SampleOptions, list_cases, loosen_box, make_sample,
+                           patch_prompts, prepare_case, render_sample, write_synthetic_cases)
 from training.mixture import SOURCE_NAMES, Mixture, Sources
 from training.pseudo import build as build_pseudo, supervoxels
 from training.shapes import ensemble, procedural
@@ -118,6 +118,31 @@ def test_prompts_follow_a_moved_object():
     wa = sample_window((16, 24, 20), (27, 37, 35), PATCH, a.shape, 1.0, np.zeros(3))
     wb = sample_window((26, 34, 40), (37, 47, 55), PATCH, b.shape, 1.0, np.zeros(3))
     assert np.subtract(wb.start, wa.start).tolist() == [10, 10, 20]
+
+
+def test_a_loosened_box_holds_the_organizers_box_and_repeats_from_its_seed():
+    """Loosened boxes (z, y, x, inclusive) contain the tight box, stay inside the patch, grow by at most the
+    share asked for, and come out the same from the same seed; p_loose 0 leaves the box and the stream as they were."""
+    target = np.zeros(PATCH, bool)
+    target[20:40, 16:30, 24:50] = True
+    scale, shape = np.ones(3), PATCH
+    tight, _ = patch_prompts("box", target, scale, shape, None, np.random.default_rng(3))
+    same, _ = patch_prompts("box", target, scale, shape, None, np.random.default_rng(3), 0.0, 0.25)
+    assert same.box == tight.box
+    grown = 0
+    for seed in range(20):
+        a, _ = patch_prompts("box", target, scale, shape, None, np.random.default_rng(seed), 1.0, 0.25)
+        b, _ = patch_prompts("box", target, scale, shape, None, np.random.default_rng(seed), 1.0, 0.25)
+        assert a.box == b.box
+        (lo, hi), (tlo, thi) = a.box, patch_prompts("box", target, scale, shape, None, np.random.default_rng(seed))[0].box
+        extent = np.subtract(thi, tlo) + 1
+        assert (np.asarray(lo) <= tlo).all() and (np.asarray(hi) >= thi).all()
+        assert (np.asarray(lo) >= 0).all() and (np.asarray(hi) <= np.asarray(PATCH) - 1).all()
+        assert (np.subtract(tlo, lo) <= np.round(0.25 * extent)).all() and (np.subtract(hi, thi) <= np.round(0.25 * extent)).all()
+        grown += int(a.box != tuple(map(tuple, (tlo, thi))))
+    assert grown >= 15
+    lo, hi = loosen_box((0, 5, 5), (63, 10, 10), PATCH, 0.5, np.random.default_rng(0))
+    assert lo[0] == 0 and hi[0] == PATCH[0] - 1
 
 
 def test_deformation_moves_image_labels_and_click_together():

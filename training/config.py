@@ -76,6 +76,10 @@ class TrainConfig:
                                "updates feed the network")
     p_spatial: float = opt(0.5, "probability of a random affine + elastic deformation (image, labels and prompts "
                                 "alike)")
+    p_loose_box: float = opt(0.0, "probability that an organizer box sample's box is loosened: each of its 6 sides "
+                                  "moved outward by U(0, --loose-box) x the object's extent on that axis (so the "
+                                  "network must find the object's edges in the image, not at the box's)")
+    loose_box: float = opt(0.25, "largest outward move of a loosened box's side, as a share of the object's extent")
     p_appearance: float = opt(0.3, "probability of random gamma / bias field / thick slices / blur / noise on a "
                                    "real image")
     zoom_aug_max: float = opt(1.25, "box windows: zoom_extra drawn uniformly in [1, this] on top of the "
@@ -149,7 +153,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError on inconsistent options."""
-        for name in ("p_no_box", "p_click", "coreset", "p_viewer", "p_refine", "p_spatial", "p_appearance"):
+        for name in ("p_no_box", "p_click", "coreset", "p_viewer", "p_refine", "p_spatial", "p_appearance",
+                     "p_loose_box"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {v}")
@@ -169,6 +174,8 @@ class TrainConfig:
             raise ValueError("--hard-power and --hard-floor must be >= 0 and not both 0")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.loose_box < 0:
+            raise ValueError(f"--loose-box must be >= 0, got {self.loose_box}")
         if self.zoom_aug_max < 1 or self.nobox_zoom_max < 1:
             raise ValueError("--zoom-aug-max and --nobox-zoom-max must be >= 1")
         self.patch_size()

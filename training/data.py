@@ -323,6 +323,8 @@ class SampleOptions:
     p_spatial: float = 0.0         # share of samples deformed by a random affine + elastic transform
     context: float = 1.25          # context margin (x the patch) resampled around a deformed sample
     p_appearance: float = 0.0      # share of real images whose appearance is changed (gamma, bias, ...)
+    p_loose_box: float = 0.0       # share of organizer boxes loosened (sides moved out by U(0, loose_box) x extent)
+    loose_box: float = 0.25
     spatial: SpatialOptions = SpatialOptions()
     appearance: IntensityOptions = IntensityOptions()
     synth: SynthOptions = SynthOptions()
@@ -331,7 +333,8 @@ class SampleOptions:
     def from_config(cls, cfg: Any, patch: Sequence[int]) -> "SampleOptions":
         return cls(tuple(int(v) for v in patch), cfg.p_no_box, cfg.zoom_aug_max, cfg.nobox_zoom_max,
                    cfg.shift_frac, cfg.flip, cfg.intensity_scale, cfg.intensity_shift, cfg.p_viewer,
-                   p_refine=cfg.p_refine, p_spatial=cfg.p_spatial, p_appearance=cfg.p_appearance)
+                   p_refine=cfg.p_refine, p_spatial=cfg.p_spatial, p_appearance=cfg.p_appearance,
+                   p_loose_box=cfg.p_loose_box, loose_box=cfg.loose_box)
 
 
 def sample_window(lo, hi, patch: Triple, shape: Triple, zoom_extra: float, shift: np.ndarray) -> Window:
@@ -387,6 +390,16 @@ def patch_organizer_box(target: np.ndarray, scale: np.ndarray, shape: Triple, se
             (int(d["z_max"]), int(d["z_mid_y_max"]), int(d["z_mid_x_max"])))
 
 
+def loosen_box(lo: Triple, hi: Triple, shape: Triple, most: float, rng: np.random.Generator) -> tuple[Triple, Triple]:
+    """The inclusive box (lo, hi), (z, y, x), with each side moved outward by U(0, most) x the box's extent on
+    that axis (rounded), clipped to a volume of `shape`; it always contains the original box."""
+    lo_a, hi_a = np.asarray(lo, float), np.asarray(hi, float)
+    extent = hi_a - lo_a + 1
+    new_lo = np.maximum(lo_a - np.round(rng.uniform(0, most, 3) * extent), 0)
+    new_hi = np.minimum(hi_a + np.round(rng.uniform(0, most, 3) * extent), np.asarray(shape) - 1)
+    return tuple(int(v) for v in new_lo), tuple(int(v) for v in new_hi)  # type: ignore[return-value]
+
+
 def patch_first_click(target: np.ndarray, point: np.ndarray | None) -> Triple:
     """The no-box click on the patch: where the carried first click landed (the maximum of its point map)
     when that is inside the target, else the evaluator's first click on the visible target."""
@@ -400,12 +413,15 @@ def patch_first_click(target: np.ndarray, point: np.ndarray | None) -> Triple:
 
 
 def patch_prompts(kind: str, target: np.ndarray, scale: np.ndarray, shape: Triple, point: np.ndarray | None,
-                  rng: np.random.Generator) -> tuple[ClassPrompts, np.ndarray]:
-    """The first prompt of `kind` derived from the patch target; also click0 (the no-box click, else NaN)."""
+                  rng: np.random.Generator, p_loose: float = 0.0, loose: float = 0.0) -> tuple[ClassPrompts, np.ndarray]:
+    """The first prompt of `kind` derived from the patch target; also click0 (the no-box click, else NaN).
+    An organizer box is loosened (`loosen_box`, up to `loose` of the extent per side) with probability `p_loose`."""
     click0 = np.full(3, np.nan)
     if kind == "box":
-        return ClassPrompts(patch_organizer_box(target, scale, shape, int(rng.integers(2**31))),
-                            EMPTY_POINTS, EMPTY_POINTS), click0
+        box = patch_organizer_box(target, scale, shape, int(rng.integers(2**31)))
+        if p_loose > 0 and rng.random() < p_loose:
+            box = loosen_box(*box, target.shape, loose, rng)
+        return ClassPrompts(box, EMPTY_POINTS, EMPTY_POINTS), click0
     if kind == "nobox":
         c = patch_first_click(target, point)
         return ClassPrompts(None, np.asarray([c], dtype=np.int64), EMPTY_POINTS), np.asarray(c, float)
@@ -480,7 +496,8 @@ def render_sample(case: CaseData, label: int, paint: bool, opts: SampleOptions,
         prev = coarse_mask(target, rng, zoom)
         click0 = np.full(3, np.nan)
     else:
-        prompts, click0 = patch_prompts(kind, target, window.scale, case.shape, point, rng)
+        prompts, click0 = patch_prompts(kind, target, window.scale, case.shape, point, rng,
+                                        opts.p_loose_box, opts.loose_box)
     x = encode(Window.identity(opts.patch), image, stats, prompts, prev)
     target_t = torch.from_numpy(target)
     # light augmentation: intensity scale/shift of the image channel, optional flips

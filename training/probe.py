@@ -32,7 +32,7 @@ import torch
 
 from evaluation.metrics import dice
 
-PROBE_OVERRIDES = dict(p_no_box=0.0, p_viewer=0.0, p_refine=0.0, flip=False, p_spatial=0.0, p_appearance=0.0,
+PROBE_OVERRIDES = dict(p_no_box=0.0, p_loose_box=0.0, p_viewer=0.0, p_refine=0.0, flip=False, p_spatial=0.0, p_appearance=0.0,
                        intensity_scale=0.0, intensity_shift=0.0, shift_frac=0.0)
 COLUMNS = ("model", "no image", "box fill")
 
