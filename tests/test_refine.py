@@ -278,3 +278,15 @@ def test_volume_weight_reaches_the_fusion_of_a_case():
         parse_case(data, "CT_nested.npz"))
     assert (plain[inner] == 1).all() and (weighted[inner] == 2).all()
     assert ((plain > 0) == (weighted > 0)).all() and (weighted == 1).sum() > 1000
+
+
+def test_the_volume_weight_reaches_the_container_worker(monkeypatch):
+    """--volume-weight is passed on to the supervised worker; without it the worker reads $SEGFM_VOLUME_WEIGHT."""
+    from inference.__main__ import parse_args, volume_weight_text, worker_command
+
+    given = parse_args(["--input-dir", "in", "--output-dir", "out", "--volume-weight", "0.5"])
+    assert worker_command(given, 3, 0)[-2:] == ["--volume-weight", "0.5"]
+    plain = parse_args(["--input-dir", "in", "--output-dir", "out"])
+    assert "--volume-weight" not in worker_command(plain, 3, 0)
+    monkeypatch.setenv("SEGFM_VOLUME_WEIGHT", "0.25")
+    assert env_options({"SEGFM_VOLUME_WEIGHT": volume_weight_text(plain.volume_weight)})["volume_weight"] == 0.25
