@@ -24,12 +24,15 @@ T1_BY_NAME = (("white matter", 0.8), ("cortex", 0.55), ("ventricle", 0.15), ("CS
               ("amygdala", 0.55), ("accumbens", 0.58), ("ventral DC", 0.7), ("vessel", 0.45), ("optic chiasm", 0.7))
 
 
+def t1_value(name: str) -> float | None:
+    """The T1 intensity of a label by its name, None for a label that is not a brain structure here (lesions,
+    extra-cerebral and unnamed labels match no fragment)."""
+    return next((v for f, v in T1_BY_NAME if f in name), None)
+
+
 def brain_labels(names: dict[str, str]) -> list[int]:
-    """The label ids (of the converted map) that are brain structures with a T1 value (no lesions, no
-    extra-cerebral or unnamed labels)."""
-    return [int(k) for k, n in sorted(names.items(), key=lambda kv: int(kv[0]))
-            if "lesion" not in n and "extra-cerebral" not in n and not n.startswith("label_")
-            and any(f in n for f, _ in T1_BY_NAME)]
+    """The label ids (of the converted map) that are brain structures with a T1 value."""
+    return [int(k) for k, n in sorted(names.items(), key=lambda kv: int(kv[0])) if t1_value(n) is not None]
 
 
 def paint_t1(labels: np.ndarray, names: dict[str, str], seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
@@ -37,7 +40,7 @@ def paint_t1(labels: np.ndarray, names: dict[str, str], seed: int = 0) -> tuple[
     keep = brain_labels(names)
     lut = np.zeros(256, np.float32)
     for i in keep:
-        lut[i] = next(v for f, v in T1_BY_NAME if f in names[str(i)])
+        lut[i] = t1_value(names[str(i)])
     brain = np.isin(labels, keep)
     box = ndimage.find_objects(brain.astype(np.uint8))[0]
     labels, brain = labels[box], brain[box]

@@ -63,7 +63,8 @@ class ProductBackgroundFusion:
         """Add a class given as a binary mask (probability 1 inside), e.g. a kept previous prediction (its
         volume is the mask's)."""
         region = region if region is not None else tuple(slice(0, n) for n in self.shape)
-        self.set_volume(class_id, float(np.count_nonzero(mask)))
+        if self.score is not None:  # only the volume-weighted overlap rule reads it
+            self.set_volume(class_id, float(np.count_nonzero(mask)))
         self.add(class_id, region, mask.astype(np.float32))
 
     def labels(self, slab: int = 16) -> np.ndarray:

@@ -497,7 +497,8 @@ class Predictor:
             pieces = (clip_z(region, values, *z_range) if z_range is not None else (region, values)
                       for region, values in window.paste(probs))
             pieces = [p for p in pieces if p is not None]
-            fusion.set_volume(c + 1, float(sum(np.count_nonzero(values > 0.5) for _, values in pieces)))
+            if self.volume_weight > 0:  # only the volume-weighted overlap rule reads it
+                fusion.set_volume(c + 1, float(sum(np.count_nonzero(values > 0.5) for _, values in pieces)))
             if self.pin_clicks:
                 pin_clicks(fusion, c + 1, pieces, case.fg_clicks[c], case.bg_clicks[c])
             else:

@@ -75,7 +75,7 @@ def predictor_options(name: str) -> dict[str, Any]:
             if key == "tta":
                 options["tta"] = int(text)
             elif key == "volume_weight":
-                options["volume_weight"] = volume_weight({"SEGFM_VOLUME_WEIGHT": text})
+                options["volume_weight"] = parse_volume_weight(text, f"setting {name!r}: volume_weight")
             elif key.startswith("intensity."):
                 intensity = _override(intensity or DEFAULT_INTENSITY, key[len("intensity."):], text)
             elif key.startswith("cut."):
@@ -103,17 +103,17 @@ def _switch(env: dict[str, str], name: str, default: bool) -> bool:
     return text in ("on", "1", "true")
 
 
-def volume_weight(env: dict[str, str]) -> float:
-    """$SEGFM_VOLUME_WEIGHT (a number >= 0; empty = the default)."""
-    text = env.get("SEGFM_VOLUME_WEIGHT", "").strip()
+def parse_volume_weight(text: str, what: str = "SEGFM_VOLUME_WEIGHT") -> float:
+    """The fusion's volume weight from text (a number >= 0; empty = the default); errors name `what`."""
+    text = text.strip()
     if not text:
         return DEFAULT_VOLUME_WEIGHT
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"SEGFM_VOLUME_WEIGHT must be a number >= 0, not {text!r}") from None
-    if not value >= 0:
-        raise ValueError(f"SEGFM_VOLUME_WEIGHT must be a number >= 0, not {text!r}")
+        value = float("nan")
+    if not value >= 0:  # also refuses nan
+        raise ValueError(f"{what} must be a number >= 0, not {text!r}")
     return value
 
 
@@ -129,4 +129,4 @@ def env_options(environ: dict[str, str] | None = None) -> dict[str, Any]:
         raise ValueError(f"SEGFM_CLICK_UPDATE must be one of {', '.join(CLICK_UPDATES)}, not {click!r}")
     return {"refine": DEFAULT_REFINE if refine else None, "click_update": click,
             "intensity": DEFAULT_INTENSITY if intensity else None, "graphcut": DEFAULT_GRAPHCUT if graphcut else None,
-            "volume_weight": volume_weight(env)}
+            "volume_weight": parse_volume_weight(env.get("SEGFM_VOLUME_WEIGHT", ""))}
