@@ -107,6 +107,17 @@ def click_from_error(error: np.ndarray, gt: np.ndarray, offset: Sequence[int] = 
     return (int(offset[0]) + local[0], int(offset[1]) + local[1], int(offset[2]) + local[2]), kind
 
 
+def error_component_at(pred: np.ndarray, gt: np.ndarray, coord: Sequence[int]) -> np.ndarray:
+    """The 26-connected error component (pred != gt, bool masks (z, y, x)) holding voxel `coord` (z, y, x): what a
+    click placed there asks to be corrected (all False when the voxel is no error)."""
+    error = np.ascontiguousarray(np.asarray(pred, dtype=bool) != np.asarray(gt, dtype=bool))
+    z, y, x = (int(c) for c in coord)
+    if not error[z, y, x]:
+        return np.zeros_like(error)
+    components = cc3d.connected_components(error.view(np.uint8), connectivity=26)
+    return components == components[z, y, x]
+
+
 def simulate_click(pred: np.ndarray, gt: np.ndarray) -> Click | None:
     """Organizer's click for one class: pred and gt are bool masks (z, y, x).
 

@@ -5,7 +5,8 @@ import pytest
 from scipy import ndimage
 
 from evaluation import clicks
-from evaluation.clicks import add_click, new_click_state, seeded_choice, simulate_click, simulate_clicks
+from evaluation.clicks import (add_click, error_component_at, new_click_state, seeded_choice, simulate_click,
+                               simulate_clicks)
 
 
 def cube(shape, lo, size):
@@ -87,6 +88,16 @@ def test_missed_object_gets_fg_click_at_its_centre():
 def test_spurious_prediction_gets_bg_click():
     pred = cube((17, 17, 17), (5, 5, 5), (7, 7, 7))
     assert simulate_click(pred, np.zeros_like(pred)) == ((8, 8, 8), "bg")
+
+
+def test_error_component_at_the_click():
+    gt = cube((17, 17, 17), (1, 1, 1), (5, 5, 5))
+    pred = cube((17, 17, 17), (10, 10, 10), (4, 4, 4))  # a false-positive blob apart from the missed object
+    coord, kind = simulate_click(pred, gt)
+    assert kind == "fg"  # the missed object is the larger error
+    assert np.array_equal(error_component_at(pred, gt, coord), gt)
+    assert np.array_equal(error_component_at(pred, gt, (11, 11, 11)), pred)
+    assert not error_component_at(pred, gt, (0, 16, 0)).any()  # no error there
 
 
 def test_ties_take_seed_42_choice_over_c_ordered_maxima():

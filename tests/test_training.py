@@ -202,6 +202,42 @@ def test_simulate_prompts_with_a_click_pool_places_the_same_clicks():
     assert torch.equal(out, ref)
 
 
+def test_click_focus_collects_the_clicked_components():
+    target = torch.zeros((2, *PATCH), dtype=torch.bool)
+    target[:, 2:7, 2:7, 2:7] = True
+    spurious = torch.zeros(PATCH)
+    spurious[10:15, 10:15, 9:15] = 1.0  # a false positive larger than the missed object: the first click is 'bg'
+    x = torch.zeros((2, 8, *PATCH))
+
+    def predict(inp):  # ignores the clicks: the same errors every round
+        return spurious.expand(inp.shape[0], *PATCH).clone()
+
+    has_box = torch.tensor([True, True])
+    plain, st = simulate_prompts(predict, x, target, has_box, np.random.default_rng(0), p_click=1.0, rounds=1)
+    assert st.focus is None and st.clicks_bg == 2
+    out, st = simulate_prompts(predict, x, target, has_box, np.random.default_rng(0), p_click=1.0, rounds=1,
+                               focus=True)
+    assert torch.equal(out, plain) and st.clicks_bg == 2  # the prompts do not change
+    assert st.focus.shape == (2, *PATCH) and np.array_equal(st.focus[0], spurious.numpy() > 0)
+    assert np.array_equal(st.focus[1], st.focus[0])
+
+
+def test_click_focus_loss_averages_bce_over_each_component():
+    target = torch.zeros((2, *PATCH), dtype=torch.bool)
+    target[:, :8] = True
+    logits = torch.zeros((2, 2, *PATCH))
+    logits[0, 1, 12:, :4, :4] = 3.0  # sample 0: a confident false positive, its clicked component
+    focus = torch.zeros((2, *PATCH), dtype=torch.bool)
+    focus[0, 12:, :4, :4] = True  # sample 1 clicked nothing: it adds 0
+    base, parts0 = segmentation_loss(logits, target, 10.0)
+    same, _ = segmentation_loss(logits, target, 10.0, focus, 0.0)
+    assert same.item() == pytest.approx(base.item()) and "focus_bce" not in parts0
+    loss, parts = segmentation_loss(logits, target, 10.0, focus, 2.0)
+    per_voxel = float(torch.nn.functional.softplus(torch.tensor(3.0)))  # BCE of logit 3 against 0
+    assert parts["focus_bce"] == pytest.approx(per_voxel / 2, rel=1e-5)
+    assert loss.item() == pytest.approx(base.item() + 2.0 * per_voxel / 2, rel=1e-5)
+
+
 def test_loss_weights_dice_ten_times():
     target = torch.zeros((1, *PATCH), dtype=torch.bool)
     target[:, :8] = True
@@ -327,6 +363,15 @@ def test_training_dice_is_logged_per_source_and_prompt_kind(cases, tmp_path):
     step_s = float(_csv(tmp_path / "a", "s_per_step")[0])  # where a step's time goes: loader and click simulation
     parts = [float(_csv(tmp_path / "a", k)[0]) for k in ("wait_s", "sim_s")]
     assert all(0.0 <= v for v in parts) and sum(parts) <= step_s
+    assert _csv(tmp_path / "a", "focus_bce") == []  # the click-focus term is off by default
+
+
+def test_click_focus_weight_is_trained_and_logged(cases, tmp_path):
+    train(tiny_cfg(cases, tmp_path / "f", steps=2, log_every=2, p_click=1.0, click_focus_weight=1.0))
+    focus = [float(v) for v in _csv(tmp_path / "f", "focus_bce")]
+    assert len(focus) == 1 and focus[0] > 0.0  # an untrained network leaves errors: clicks and their components
+    with pytest.raises(ValueError, match="click-focus-weight"):
+        C.TrainConfig(click_focus_weight=-1.0).validate()
 
 
 def _csv(folder: Path, col: str) -> list[str]:

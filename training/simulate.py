@@ -5,7 +5,8 @@ With probability p_click per batch the model's prediction is binarised (p > 0.5)
 segmentation channel and a click is placed on its largest error component with the evaluator's rule
 (`evaluation.clicks.simulate_click`, the project's one implementation), drawn as the inference code
 draws clicks (`inference.prompts.draw_ball`); this repeats for k rounds. Stage 2 (with gradient)
-predicts from all prompts; the loss is dice_weight x (1 - soft Dice) + BCE on that prediction only.
+predicts from all prompts; the loss is dice_weight x (1 - soft Dice) + BCE on that prediction only (plus, with
+--click-focus-weight, the BCE over the error components the clicks were placed in).
 All masks and coordinates are in the patch grid, (z, y, x).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.clicks import Click, simulate_click
+from evaluation.clicks import Click, error_component_at, simulate_click
 from inference.network import CHANNELS
 from inference.prompts import draw_ball
 
@@ -47,14 +48,30 @@ def hard_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(empty, torch.ones_like(hard), hard)
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 10.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """dice_weight x (1 - mean per-sample soft Dice) + BCE on the binary logit (the hard Dice: `hard_dice`)."""
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 10.0,
+                      focus: torch.Tensor | None = None, focus_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """dice_weight x (1 - mean per-sample soft Dice) + BCE on the binary logit (the hard Dice: `hard_dice`).
+
+    With a `focus` mask (B, z, y, x; the error components the simulated clicks were placed in) and focus_weight > 0,
+    focus_weight x (BCE averaged over each sample's focus voxels, 0 for a sample without any, mean over the batch)
+    is added: whatever the size of the component, a click that is not answered costs about as much."""
     z = binary_logit(logits.float())
     t = target.float()
-    bce = F.binary_cross_entropy_with_logits(z, t)
     sd = soft_dice(torch.sigmoid(z), t)
-    loss = dice_weight * (1.0 - sd.mean()) + bce
-    return loss, {"loss": float(loss.detach()), "bce": float(bce.detach()), "soft_dice": float(sd.mean().detach())}
+    parts: dict[str, float] = {}
+    if focus is not None and focus_weight > 0:
+        bce_map = F.binary_cross_entropy_with_logits(z, t, reduction="none")
+        bce = bce_map.mean()
+        f = focus.float()
+        dims = tuple(range(1, f.ndim))
+        focus_bce = ((bce_map * f).sum(dims) / f.sum(dims).clamp(min=1.0)).mean()
+        loss = dice_weight * (1.0 - sd.mean()) + bce + focus_weight * focus_bce
+        parts["focus_bce"] = float(focus_bce.detach())
+    else:
+        bce = F.binary_cross_entropy_with_logits(z, t)
+        loss = dice_weight * (1.0 - sd.mean()) + bce
+    return loss, {"loss": float(loss.detach()), "bce": float(bce.detach()), "soft_dice": float(sd.mean().detach()),
+                  **parts}
 
 
 EDITED_CHANNELS = (CHANNELS["prev_seg"], CHANNELS["click_pos"], CHANNELS["click_neg"])  # what place_click writes
@@ -92,12 +109,13 @@ class SimulationStats:
     clicks_fg: int = 0
     clicks_bg: int = 0
     no_error: int = 0
+    focus: np.ndarray | None = None  # with focus=True: (B, z, y, x) bool, the error components the clicks went to
 
 
 def simulate_prompts(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, target: torch.Tensor,
                      has_box: torch.Tensor, rng: np.random.Generator, p_click: float = 0.5, rounds: int = 1,
                      nobox_always_click: bool = False, max_rounds: int = 0,
-                     pool: Executor | None = None) -> tuple[torch.Tensor, SimulationStats]:
+                     pool: Executor | None = None, focus: bool = False) -> tuple[torch.Tensor, SimulationStats]:
     """The stage-2 input for a batch: x (B, 8, z, y, x) with k rounds of simulated clicks added, or x itself.
 
     `predict` maps an input batch to foreground probabilities (B, z, y, x) without gradient. A batch
@@ -128,7 +146,11 @@ def simulate_prompts(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.T
         pred = (probs > 0.5).cpu().numpy()
         preds = [pred[i] for i in idx]
         clicks = list(pool.map(simulate_click, preds, tgts) if pool is not None else map(simulate_click, preds, tgts))
-        for i, click in zip(idx, clicks):
+        for k, (i, click) in enumerate(zip(idx, clicks)):
+            if focus and click is not None:
+                if stats.focus is None:
+                    stats.focus = np.zeros(pred.shape, dtype=bool)
+                stats.focus[i] |= error_component_at(pred[i], tgts[k], click[0])
             kind = apply_click(host[i], pred[i], click)
             if kind == "fg":
                 stats.clicks_fg += 1

@@ -43,10 +43,11 @@ TRAIN_FORMAT = "segfm3d-train-v1"
 # loss sees it): which part of the mixture the model fails on.
 GROUPS = tuple(f"dice_{name}" for name in SOURCE_NAMES) + tuple(f"dice_{kind}" for kind in PROMPT_KINDS)
 # wait_s: seconds per step spent waiting for the sample loader; sim_s: in the simulated clicks (stage-1 passes and
-# click placement): what bounds a GPU run when s_per_step is far above the network's own time.
+# click placement): what bounds a GPU run when s_per_step is far above the network's own time. focus_bce: with
+# --click-focus-weight, the BCE on the clicked error components, averaged over the passes that clicked.
 LOG_COLUMNS = ["step", "loss", "dice", "soft_dice", "bce", "samples_per_s", "s_per_step", "wait_s", "sim_s", "lr",
                "clicked", "elapsed_s", "val_dsc_auc_box", "val_dsc_final_box", "val_dsc_auc_nobox", "val_dsc_final_nobox",
-               *GROUPS]
+               *GROUPS, "focus_bce"]
 
 
 # ---------------------------------------------------------------------- processes and devices
@@ -465,7 +466,8 @@ def train_step(tr: Trainer) -> dict[str, float]:
         rng = np.random.default_rng([cfg.seed, 1, tr.dist.rank, tr.step, a])
         with record_function("simulate_prompts"):
             x, sim = simulate_prompts(predict, x, target, b["has_box"], rng, cfg.p_click, cfg.click_rounds,
-                                      cfg.nobox_always_click, cfg.click_rounds_max, tr.click_pool)
+                                      cfg.nobox_always_click, cfg.click_rounds_max, tr.click_pool,
+                                      focus=cfg.click_focus_weight > 0)
         t_end = time.perf_counter()  # x is read back on the CPU in the simulation, so the GPU work is included
         totals["wait_s"] = totals.get("wait_s", 0.0) + t_sim - t_wait
         totals["sim_s"] = totals.get("sim_s", 0.0) + t_end - t_sim
@@ -474,7 +476,8 @@ def train_step(tr: Trainer) -> dict[str, float]:
         with (nullcontext() if sync else tr.fwd.no_sync()), record_function("forward_backward"):
             with tr.autocast():
                 logits = tr.fwd(x)
-            loss, parts = segmentation_loss(logits, target, cfg.dice_weight)
+            focus = None if sim.focus is None else torch.from_numpy(sim.focus).to(dev, non_blocking=True)
+            loss, parts = segmentation_loss(logits, target, cfg.dice_weight, focus, cfg.click_focus_weight)
             scaled = loss / cfg.accum
             if tr.scaler is not None:
                 tr.scaler.scale(scaled).backward()
@@ -482,6 +485,9 @@ def train_step(tr: Trainer) -> dict[str, float]:
                 scaled.backward()
         hard = hard_dice(logits.detach(), target).cpu().numpy()
         parts["dice"] = float(hard.mean())
+        if "focus_bce" in parts:  # a mean over the clicking passes only (`group_means`)
+            totals["sum:focus_bce"] = totals.get("sum:focus_bce", 0.0) + parts.pop("focus_bce")
+            totals["n:focus_bce"] = totals.get("n:focus_bce", 0.0) + 1.0
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + v / cfg.accum
         add_group_dice(totals, hard, b)
