@@ -297,3 +297,22 @@ def test_click_response_table_pools_dice_changes_per_click_kind(case_file, tmp_p
     assert click_changes({"case": "CT_failed.npz", "problems": ["no output"]}) == {"fg": [], "bg": []}
     table = clicks_table(tmp_path / "out")
     assert "| scripted | box | 1 | +1.0000 | 0.00 | 1 | +0.3333 | 0.00 |" in table
+
+
+def test_paired_comparison_reads_the_harness_json(case_file, tmp_path):
+    from evaluation.paired import main, paired_scores, per_structure
+
+    gts = ground_truth()
+    for name, outputs in (("a", [only_class1()] * 6), ("b", [only_class1()] + [gts.copy()] * 5)):
+        for mode in ("box", "nobox"):
+            folder = tmp_path / name / "cases" / f"scripted_{mode}"
+            evaluate_case(case_file, InProcessPredictor(Scripted(list(outputs)), name="scripted"),
+                          use_boxes=mode == "box", out_dir=folder)
+    details = json.loads((tmp_path / "b" / "cases" / "scripted_box" / "CT_toy_0001.json").read_text())
+    finals = per_structure(details)
+    assert finals == {"1": pytest.approx(1.0), "2": pytest.approx(1.0)}
+    assert np.mean(list(finals.values())) == pytest.approx(details["steps"][-1]["dsc"])  # the case's DSC
+    paired = paired_scores(tmp_path / "a", tmp_path / "b", "scripted")
+    a, b = paired["CT_toy_0001"]["box"]
+    assert list(a) == [pytest.approx(1.0), pytest.approx(0.0)] and list(b) == [pytest.approx(1.0)] * 2
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--setting", "scripted", "--resamples", "50"]) == 0

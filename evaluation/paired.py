@@ -1,0 +1,130 @@
+"""Paired comparison of two evaluation folders: the difference of the team's score, with a bootstrap interval.
+
+    python -m evaluation.paired A B [--setting NAME] [--setting-b NAME] [--metric DSC_Final|DSC_AUC]
+                                    [--resamples N] [--seed S]
+
+A and B are folders that `python -m evaluation ... --both-box-modes` wrote (cases/<setting>_<mode>/<case>.json).
+The score is the one the shipping rule reads: the mean over box modes of the mean over cases of the mean over a
+case's structures (DSC_Final, or the per-structure DSC_AUC of the click steps). The difference B - A is paired
+structure by structure; its interval resamples each case's structures with replacement (the same draw for both
+box modes, since they are the same structures), so it says how much the difference owes to which structures the
+held-out volumes happen to hold. It does not include the spread between training runs (seeds): compare two runs
+of one recipe for that.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.metrics import auc
+
+METRICS = ("DSC_Final", "DSC_AUC")
+
+
+def per_structure(details: dict, metric: str = "DSC_Final") -> dict[str, float]:
+    """Label id (as a string) -> the structure's DSC_Final or DSC_AUC, from one case's harness JSON."""
+    steps = [s.get("dsc_per_class") for s in details.get("steps") or []]
+    if not steps or steps[-1] is None:
+        return {}
+    if metric == "DSC_Final":
+        return {k: float(v) for k, v in steps[-1].items()}
+    if metric != "DSC_AUC":
+        raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
+    # steps before a structure was scored (the no-box mode's skipped first step) count as 0, as in the harness
+    return {k: auc([float((s or {}).get(k, 0.0)) for s in steps]) for k in steps[-1]}
+
+
+def paired_scores(dir_a: Path, dir_b: Path, setting: str, metric: str = "DSC_Final", setting_b: str | None = None
+                  ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """case -> box mode -> (A's, B's per-structure values) over the structures both folders scored in that case
+    and mode, in one label order shared by the modes; B's setting is `setting_b` when given (two settings of one
+    folder, or folders run with different settings)."""
+    raw: dict[str, dict[str, tuple[dict[str, float], dict[str, float]]]] = {}
+    for mode in ("box", "nobox"):
+        folder_a, folder_b = dir_a / "cases" / f"{setting}_{mode}", dir_b / "cases" / f"{setting_b or setting}_{mode}"
+        if not (folder_a.is_dir() and folder_b.is_dir()):
+            continue
+        for path_a in sorted(folder_a.glob("*.json")):
+            path_b = folder_b / path_a.name
+            if not path_b.is_file():
+                continue
+            a = per_structure(json.loads(path_a.read_text()), metric)
+            b = per_structure(json.loads(path_b.read_text()), metric)
+            raw.setdefault(path_a.stem, {})[mode] = (a, b)
+    paired: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for case, modes in raw.items():
+        common = sorted(set.intersection(*(set(a) & set(b) for a, b in modes.values())), key=int)
+        if common:
+            paired[case] = {mode: (np.array([a[k] for k in common]), np.array([b[k] for k in common]))
+                            for mode, (a, b) in modes.items()}
+    return paired
+
+
+def rule_score(paired: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], which: int,
+               draws: dict[str, np.ndarray] | None = None) -> float:
+    """The mean over box modes of the mean over cases of the mean over structures, for folder `which` (0: A,
+    1: B); `draws` (case -> structure indices) resamples each case's structures."""
+    modes = sorted({m for per_case in paired.values() for m in per_case})
+    means = []
+    for mode in modes:
+        case_means = []
+        for case, per_case in paired.items():
+            if mode in per_case:
+                values = per_case[mode][which]
+                case_means.append(float(values[draws[case]].mean() if draws else values.mean()))
+        means.append(np.mean(case_means))
+    return float(np.mean(means))
+
+
+def bootstrap(paired: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], resamples: int = 10000,
+              seed: int = 0) -> np.ndarray:
+    """Resampled differences B - A of `rule_score` (each case's structures drawn with replacement)."""
+    rng = np.random.default_rng(seed)
+    sizes = {case: len(next(iter(per_case.values()))[0]) for case, per_case in paired.items()}
+    deltas = np.empty(resamples)
+    for i in range(resamples):
+        draws = {case: rng.integers(0, n, n) for case, n in sizes.items()}
+        deltas[i] = rule_score(paired, 1, draws) - rule_score(paired, 0, draws)
+    return deltas
+
+
+def report(paired: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], deltas: np.ndarray, metric: str) -> str:
+    """Markdown: per case and mode A, B and B - A; then the rule's score, its difference and the interval."""
+    lines = [f"| case | box | structures | A {metric} | B {metric} | B - A | B better / worse |", "|" + "---|" * 7]
+    for case, per_case in paired.items():
+        for mode, (a, b) in per_case.items():
+            lines.append(f"| {case} | {mode} | {a.size} | {a.mean():.4f} | {b.mean():.4f} | {b.mean() - a.mean():+.4f} "
+                         f"| {(b > a).sum()} / {(b < a).sum()} |")
+    score_a, score_b = rule_score(paired, 0), rule_score(paired, 1)
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    lines += ["", f"mean of both box modes: A {score_a:.5f}, B {score_b:.5f}, B - A {score_b - score_a:+.5f}; "
+                  f"95 % interval over structures [{low:+.4f}, {high:+.4f}]; B ahead in {(deltas > 0).mean():.1%} "
+                  f"of {deltas.size} resamples"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m evaluation.paired", description=__doc__.splitlines()[0])
+    ap.add_argument("a", type=Path, help="evaluation folder of the reference model (A)")
+    ap.add_argument("b", type=Path, help="evaluation folder of the candidate (B)")
+    ap.add_argument("--setting", default="coarse+full", help="the predictor setting both folders ran")
+    ap.add_argument("--setting-b", default=None, help="B's setting, when it differs from A's")
+    ap.add_argument("--metric", default="DSC_Final", choices=METRICS, help="per-structure value compared")
+    ap.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples (default 10000)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    args = ap.parse_args(argv)
+    paired = paired_scores(args.a, args.b, args.setting, args.metric, args.setting_b)
+    if not paired:
+        print(f"error: {args.a} and {args.b} share no scored case of settings {args.setting!r} / "
+              f"{args.setting_b or args.setting!r} (cases/<setting>_box|nobox/*.json)", file=sys.stderr)
+        return 1
+    print(report(paired, bootstrap(paired, args.resamples, args.seed), args.metric))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
