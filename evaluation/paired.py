@@ -1,15 +1,15 @@
 """Paired comparison of two evaluation folders: the difference of the team's score, with a bootstrap interval.
 
-    python -m evaluation.paired A B [--setting NAME] [--setting-b NAME] [--metric DSC_Final|DSC_AUC]
+    python -m evaluation.paired A B [--setting NAME] [--setting-b NAME] [--metric NAME|all]
                                     [--resamples N] [--seed S]
 
 A and B are folders that `python -m evaluation ... --both-box-modes` wrote (cases/<setting>_<mode>/<case>.json).
 The score is the one the shipping rule reads: the mean over box modes of the mean over cases of the mean over a
-case's structures (DSC_Final, or the per-structure DSC_AUC of the click steps). The difference B - A is paired
-structure by structure; its interval resamples each case's structures with replacement (the same draw for both
-box modes, since they are the same structures), so it says how much the difference owes to which structures the
-held-out volumes happen to hold. It does not include the spread between training runs (seeds): compare two runs
-of one recipe for that.
+case's structures, for each of the challenge's four metrics per structure (DSC_Final, NSD_Final, and the click
+steps' DSC_AUC and NSD_AUC). The difference B - A is paired structure by structure; its interval resamples each
+case's structures with replacement (the same draw for both box modes, since they are the same structures), so it
+says how much the difference owes to which structures the held-out volumes happen to hold. It does not include
+the spread between training runs (seeds): compare two runs of one recipe for that.
 """
 from __future__ import annotations
 
@@ -22,18 +22,20 @@ import numpy as np
 
 from evaluation.metrics import auc
 
-METRICS = ("DSC_Final", "DSC_AUC")
+METRICS = ("DSC_Final", "NSD_Final", "DSC_AUC", "NSD_AUC")  # the challenge's four, per structure
 
 
 def per_structure(details: dict, metric: str = "DSC_Final") -> dict[str, float]:
-    """Label id (as a string) -> the structure's DSC_Final or DSC_AUC, from one case's harness JSON."""
-    steps = [s.get("dsc_per_class") for s in details.get("steps") or []]
+    """Label id (as a string) -> the structure's DSC_Final, NSD_Final, DSC_AUC or NSD_AUC (the click steps'
+    area), from one case's harness JSON."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
+    key = "dsc_per_class" if metric.startswith("DSC") else "nsd_per_class"
+    steps = [s.get(key) for s in details.get("steps") or []]
     if not steps or steps[-1] is None:
         return {}
-    if metric == "DSC_Final":
+    if metric.endswith("_Final"):
         return {k: float(v) for k, v in steps[-1].items()}
-    if metric != "DSC_AUC":
-        raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
     # steps before a structure was scored (the no-box mode's skipped first step) count as 0, as in the harness
     return {k: auc([float((s or {}).get(k, 0.0)) for s in steps]) for k in steps[-1]}
 
@@ -101,9 +103,9 @@ def report(paired: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], deltas: 
                          f"| {(b > a).sum()} / {(b < a).sum()} |")
     score_a, score_b = rule_score(paired, 0), rule_score(paired, 1)
     low, high = np.percentile(deltas, [2.5, 97.5])
-    lines += ["", f"mean of both box modes: A {score_a:.5f}, B {score_b:.5f}, B - A {score_b - score_a:+.5f}; "
-                  f"95 % interval over structures [{low:+.4f}, {high:+.4f}]; B ahead in {(deltas > 0).mean():.1%} "
-                  f"of {deltas.size} resamples"]
+    lines += ["", f"{metric}, mean of both box modes: A {score_a:.5f}, B {score_b:.5f}, "
+                  f"B - A {score_b - score_a:+.5f}; 95 % interval over structures [{low:+.4f}, {high:+.4f}]; "
+                  f"B ahead in {(deltas > 0).mean():.1%} of {deltas.size} resamples"]
     return "\n".join(lines)
 
 
@@ -113,16 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("b", type=Path, help="evaluation folder of the candidate (B)")
     ap.add_argument("--setting", default="coarse+full", help="the predictor setting both folders ran")
     ap.add_argument("--setting-b", default=None, help="B's setting, when it differs from A's")
-    ap.add_argument("--metric", default="DSC_Final", choices=METRICS, help="per-structure value compared")
+    ap.add_argument("--metric", default="all", choices=METRICS + ("all",),
+                    help="per-structure value compared (default: all four, one table each)")
     ap.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples (default 10000)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     args = ap.parse_args(argv)
-    paired = paired_scores(args.a, args.b, args.setting, args.metric, args.setting_b)
-    if not paired:
-        print(f"error: {args.a} and {args.b} share no scored case of settings {args.setting!r} / "
-              f"{args.setting_b or args.setting!r} (cases/<setting>_box|nobox/*.json)", file=sys.stderr)
-        return 1
-    print(report(paired, bootstrap(paired, args.resamples, args.seed), args.metric))
+    for i, metric in enumerate(METRICS if args.metric == "all" else (args.metric,)):
+        paired = paired_scores(args.a, args.b, args.setting, metric, args.setting_b)
+        if not paired:
+            print(f"error: {args.a} and {args.b} share no scored case of settings {args.setting!r} / "
+                  f"{args.setting_b or args.setting!r} (cases/<setting>_box|nobox/*.json)", file=sys.stderr)
+            return 1
+        print(("\n" if i else "") + report(paired, bootstrap(paired, args.resamples, args.seed), metric))
     return 0
 
 

@@ -19,6 +19,9 @@ def test_the_average_is_the_mean_of_the_weights(tmp_path):
     for k, v in want.items():
         torch.testing.assert_close(swa.net.state_dict()[k], v)
     assert swa.meta["averaged_from"] == [str(p) for p in paths] and swa.meta["step"] == 2
+    assert "lineage" not in swa.meta
+    assert main([str(p) for p in paths] + ["--out", str(tmp_path / "soup.pt"), "--lineage", "a, b and c"]) == 0
+    assert load_model(tmp_path / "soup.pt").meta["lineage"] == "a, b and c"
 
 
 def test_models_of_different_architectures_are_refused():

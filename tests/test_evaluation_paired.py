@@ -8,10 +8,12 @@ from evaluation.paired import bootstrap, paired_scores, per_structure, report, r
 
 
 def details(finals: dict[str, float], first: dict[str, float] | None = None) -> dict:
-    """A harness JSON with 6 steps: `first` (or the finals) at steps 1-5, the finals at step 6."""
+    """A harness JSON with 6 steps: `first` (or the finals) at steps 1-5, the finals at step 6; each NSD is
+    the DSC halved."""
     early = first if first is not None else finals
-    return {"steps": [{"step": k, "dsc_per_class": dict(early)} for k in range(1, 6)]
-            + [{"step": 6, "dsc_per_class": dict(finals)}]}
+    values = [early] * 5 + [finals]
+    return {"steps": [{"step": k, "dsc_per_class": dict(v), "nsd_per_class": {c: x / 2 for c, x in v.items()}}
+                      for k, v in enumerate(values, 1)]}
 
 
 def write(root, setting: str, mode: str, case: str, data: dict) -> None:
@@ -25,11 +27,13 @@ def test_per_structure_final_and_auc():
     assert per_structure(d) == {"1": 1.0, "2": 0.5}
     # the AUC of the last 5 steps (0, 0, 0, 0, 1): 0.5 x the last one
     assert per_structure(d, "DSC_AUC") == {"1": pytest.approx(0.5), "2": pytest.approx(2.0)}
+    assert per_structure(d, "NSD_Final") == {"1": 0.5, "2": 0.25}
+    assert per_structure(d, "NSD_AUC") == {"1": pytest.approx(0.25), "2": pytest.approx(1.0)}
     skipped = {"steps": [{"step": 1, "dsc_per_class": None}] + details({"1": 1.0})["steps"][1:]}
     assert per_structure(skipped, "DSC_AUC") == {"1": pytest.approx(4.0)}
     assert per_structure({"problems": ["no output"]}) == {}
     with pytest.raises(ValueError, match="metric"):
-        per_structure(d, "NSD_Final")
+        per_structure(d, "HD95")
 
 
 def test_rule_score_is_the_mean_of_modes_of_case_means_and_structures_pair(tmp_path):
@@ -53,7 +57,8 @@ def test_rule_score_is_the_mean_of_modes_of_case_means_and_structures_pair(tmp_p
     deltas = bootstrap(paired, resamples=300, seed=1)
     assert deltas.min() >= 0 and np.percentile(deltas, 2.5) <= 0.075 <= np.percentile(deltas, 97.5)
     assert np.array_equal(deltas, bootstrap(paired, resamples=300, seed=1))
-    assert "B - A +0.07500" in report(paired, deltas, "DSC_Final")
+    expected = "DSC_Final, mean of both box modes: A 0.55000, B 0.62500, B - A +0.07500"
+    assert expected in report(paired, deltas, "DSC_Final")
 
 
 def test_identical_folders_differ_by_nothing(tmp_path):

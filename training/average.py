@@ -80,15 +80,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "instead of averaging their weights")
     parser.add_argument("--half", choices=("float16", "bfloat16"), default=None,
                         help="store the weights in this 16-bit type (half the file; loaded back as float32)")
+    parser.add_argument("--lineage", default=None,
+                        help="a line for meta.lineage saying what the result descends from (default: the last's)")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.half) if args.half else None
     models = [load_model(p) for p in args.checkpoints]
     sources = [str(p) for p in args.checkpoints]
+    lineage = {"lineage": args.lineage} if args.lineage else {}
     if args.ensemble:
-        save_checkpoint(ensemble_models(models), args.out, {"ensemble_of": sources}, dtype)
+        save_checkpoint(ensemble_models(models), args.out, {"ensemble_of": sources, **lineage}, dtype)
         print(f"ensemble of {member_count(load_model(args.out).net)} networks -> {args.out}")
     else:
-        save_checkpoint(average_models(models), args.out, {"averaged_from": sources}, dtype)
+        save_checkpoint(average_models(models), args.out, {"averaged_from": sources, **lineage}, dtype)
         print(f"averaged {len(args.checkpoints)} checkpoints -> {args.out}")
     return 0
 
