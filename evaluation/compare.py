@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.paired import per_structure
 from evaluation.report import read_csv
 
 
@@ -106,8 +107,8 @@ def structures_table(out: Path, case_path: Path, top: int = 5, mode: str = "box"
                   if p.name.endswith(suffix) and (p / f"{case_path.stem}.json").is_file())
     finals = {}
     for run in runs:
-        last = json.loads((run / f"{case_path.stem}.json").read_text())["steps"][-1]
-        finals[run.name[: -len(suffix)]] = (last.get("dsc_per_class") or {}, last.get("nsd_per_class") or {})
+        details = json.loads((run / f"{case_path.stem}.json").read_text())
+        finals[run.name[: -len(suffix)]] = (per_structure(details, "DSC_Final"), per_structure(details, "NSD_Final"))
     order = sorted(sizes, key=lambda k: -sizes[k])
     chosen = order[:top] + [k for k in order[-top:] if k not in order[:top]]
     header = ["structure", "voxels"] + list(finals)

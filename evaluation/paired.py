@@ -40,30 +40,41 @@ def per_structure(details: dict, metric: str = "DSC_Final") -> dict[str, float]:
     return {k: auc([float((s or {}).get(k, 0.0)) for s in steps]) for k in steps[-1]}
 
 
-def paired_scores(dir_a: Path, dir_b: Path, setting: str, metric: str = "DSC_Final", setting_b: str | None = None
-                  ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """case -> box mode -> (A's, B's per-structure values) over the structures both folders scored in that case
-    and mode, in one label order shared by the modes; B's setting is `setting_b` when given (two settings of one
-    folder, or folders run with different settings)."""
-    raw: dict[str, dict[str, tuple[dict[str, float], dict[str, float]]]] = {}
+def load_pairs(dir_a: Path, dir_b: Path, setting: str, setting_b: str | None = None
+               ) -> dict[str, dict[str, tuple[dict, dict]]]:
+    """case -> box mode -> (A's, B's harness JSON) for the cases both folders scored in that mode; B's setting is
+    `setting_b` when given (two settings of one folder, or folders run with different settings)."""
+    pairs: dict[str, dict[str, tuple[dict, dict]]] = {}
     for mode in ("box", "nobox"):
         folder_a, folder_b = dir_a / "cases" / f"{setting}_{mode}", dir_b / "cases" / f"{setting_b or setting}_{mode}"
         if not (folder_a.is_dir() and folder_b.is_dir()):
             continue
         for path_a in sorted(folder_a.glob("*.json")):
             path_b = folder_b / path_a.name
-            if not path_b.is_file():
-                continue
-            a = per_structure(json.loads(path_a.read_text()), metric)
-            b = per_structure(json.loads(path_b.read_text()), metric)
-            raw.setdefault(path_a.stem, {})[mode] = (a, b)
+            if path_b.is_file():
+                pairs.setdefault(path_a.stem, {})[mode] = (json.loads(path_a.read_text()),
+                                                           json.loads(path_b.read_text()))
+    return pairs
+
+
+def paired_values(pairs: dict[str, dict[str, tuple[dict, dict]]], metric: str = "DSC_Final"
+                  ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """case -> box mode -> (A's, B's per-structure values of `metric`) over the structures both scored in every
+    mode of that case, in one label order shared by the modes."""
     paired: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for case, modes in raw.items():
-        common = sorted(set.intersection(*(set(a) & set(b) for a, b in modes.values())), key=int)
+    for case, modes in pairs.items():
+        values = {mode: (per_structure(a, metric), per_structure(b, metric)) for mode, (a, b) in modes.items()}
+        common = sorted(set.intersection(*(set(a) & set(b) for a, b in values.values())), key=int)
         if common:
             paired[case] = {mode: (np.array([a[k] for k in common]), np.array([b[k] for k in common]))
-                            for mode, (a, b) in modes.items()}
+                            for mode, (a, b) in values.items()}
     return paired
+
+
+def paired_scores(dir_a: Path, dir_b: Path, setting: str, metric: str = "DSC_Final", setting_b: str | None = None
+                  ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """`paired_values` of `metric` for the folders' cases (`load_pairs`)."""
+    return paired_values(load_pairs(dir_a, dir_b, setting, setting_b), metric)
 
 
 def rule_score(paired: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], which: int,
@@ -120,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples (default 10000)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     args = ap.parse_args(argv)
+    pairs = load_pairs(args.a, args.b, args.setting, args.setting_b)  # read once, scored per metric
     for i, metric in enumerate(METRICS if args.metric == "all" else (args.metric,)):
-        paired = paired_scores(args.a, args.b, args.setting, metric, args.setting_b)
+        paired = paired_values(pairs, metric)
         if not paired:
             print(f"error: {args.a} and {args.b} share no scored case of settings {args.setting!r} / "
                   f"{args.setting_b or args.setting!r} (cases/<setting>_box|nobox/*.json)", file=sys.stderr)
