@@ -10,6 +10,10 @@ steps' DSC_AUC and NSD_AUC). The difference B - A is paired structure by structu
 case's structures with replacement (the same draw for both box modes, since they are the same structures), so it
 says how much the difference owes to which structures the held-out volumes happen to hold. It does not include
 the spread between training runs (seeds): compare two runs of one recipe for that.
+
+With all four metrics it ends with the shipping rule's verdict (`verdict`, fixed on 2026-12-05 before the
+candidates it first judged were scored): B ships when its DSC_Final score is at least `SHIP_MARGIN` above A's and
+it is not behind on any of the four metrics in 95 % or more of the resamples.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ import numpy as np
 from evaluation.metrics import auc
 
 METRICS = ("DSC_Final", "NSD_Final", "DSC_AUC", "NSD_AUC")  # the challenge's four, per structure
+SHIP_MARGIN = 0.01  # the team's rule: DSC_Final (mean of both box modes) at least this much above the default
+BEHIND_SHARE = 0.95  # ... and no metric on which B is behind in this share of the resamples or more
 
 
 def per_structure(details: dict, metric: str = "DSC_Final") -> dict[str, float]:
@@ -120,6 +126,22 @@ def report(paired: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], deltas: 
     return "\n".join(lines)
 
 
+def verdict(results: dict[str, tuple[float, float]], margin: float = SHIP_MARGIN,
+            behind_share: float = BEHIND_SHARE) -> tuple[bool, str]:
+    """The shipping rule over `results` (metric -> (B - A of the rule score, share of resamples with B ahead)):
+    (ships, reason). DSC_Final must gain `margin`; no metric may be behind in `behind_share` of the resamples."""
+    missing = [m for m in METRICS if m not in results]
+    if missing:
+        raise ValueError(f"the verdict needs all four metrics; missing {', '.join(missing)}")
+    delta, _ = results["DSC_Final"]
+    behind = [m for m, (_, ahead) in results.items() if 1.0 - ahead >= behind_share]
+    if delta < margin:
+        return False, f"DSC_Final {delta:+.4f} is below the +{margin:g} margin"
+    if behind:
+        return False, f"behind on {', '.join(behind)} in at least {behind_share:.0%} of the resamples"
+    return True, f"DSC_Final {delta:+.4f} >= +{margin:g} and behind on no metric"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m evaluation.paired", description=__doc__.splitlines()[0])
     ap.add_argument("a", type=Path, help="evaluation folder of the reference model (A)")
@@ -132,13 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     args = ap.parse_args(argv)
     pairs = load_pairs(args.a, args.b, args.setting, args.setting_b)  # read once, scored per metric
+    results: dict[str, tuple[float, float]] = {}
     for i, metric in enumerate(METRICS if args.metric == "all" else (args.metric,)):
         paired = paired_values(pairs, metric)
         if not paired:
             print(f"error: {args.a} and {args.b} share no scored case of settings {args.setting!r} / "
                   f"{args.setting_b or args.setting!r} (cases/<setting>_box|nobox/*.json)", file=sys.stderr)
             return 1
-        print(("\n" if i else "") + report(paired, bootstrap(paired, args.resamples, args.seed), metric))
+        deltas = bootstrap(paired, args.resamples, args.seed)
+        results[metric] = (rule_score(paired, 1) - rule_score(paired, 0), float((deltas > 0).mean()))
+        print(("\n" if i else "") + report(paired, deltas, metric))
+    if len(results) == len(METRICS):
+        ships, reason = verdict(results)
+        print(f"\nshipping rule: B {'ships' if ships else 'does not ship'} ({reason})")
     return 0
 
 

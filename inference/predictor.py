@@ -85,6 +85,12 @@ def prompt_extent(prompts: ClassPrompts, prev_slices: tuple[slice, ...] | None) 
     return np.min(los, axis=0), np.max(his, axis=0)
 
 
+def clicks_only(prompts: ClassPrompts) -> bool:
+    """Whether an object's prompts are clicks alone: no box (3D or 2D), lasso or scribble."""
+    return prompts.box is None and not any(len(v) for v in (prompts.lasso_fg, prompts.lasso_bg,
+                                                              prompts.scribble_fg, prompts.scribble_bg))
+
+
 def positive_prompts(prompts: ClassPrompts) -> ClassPrompts:
     """The prompts without their negative parts (background clicks, lassos and scribbles)."""
     empty = np.zeros((0, 3), np.int64)
@@ -202,6 +208,7 @@ DEFAULT_INTENSITY = IntensityConfig()  # what "+intensity" / SEGFM_INTENSITY=on 
 INTENSITY_BY_DEFAULT = True  # on: docs/intensity.md
 DEFAULT_GRAPHCUT = GraphCutConfig()  # what "+cut" / SEGFM_GRAPHCUT=on uses
 GRAPHCUT_BY_DEFAULT = False  # off: short of the margin set before the held-out run (docs/graphcut.md)
+DEFAULT_CLICK_ZOOM = 1.0
 DEFAULT_VOLUME_WEIGHT = 0.0  # off: +0.0045 held-out mean against a 0.005 margin set before the run; 0.5 opt-in (docs/fusion.md)
 
 
@@ -285,7 +292,7 @@ class Predictor:
                  pin_clicks: bool = True,
                  intensity: IntensityConfig | None = DEFAULT_INTENSITY if INTENSITY_BY_DEFAULT else None,
                  graphcut: GraphCutConfig | None = DEFAULT_GRAPHCUT if GRAPHCUT_BY_DEFAULT else None,
-                 volume_weight: float = DEFAULT_VOLUME_WEIGHT):
+                 volume_weight: float = DEFAULT_VOLUME_WEIGHT, click_zoom: float = DEFAULT_CLICK_ZOOM):
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = P.resolve(self.device, precision)  # $SEGFM_PRECISION when None
         self._autocast = P.autocast(self.device, self.precision)
@@ -311,6 +318,9 @@ class Predictor:
         self.intensity = intensity  # None: the network's probabilities as they are (inference/intensity.py)
         self.graphcut = graphcut  # None: no edge snapping (inference/graphcut.py)
         self.volume_weight = volume_weight  # which class a voxel several classes claim gets (inference/fusion.py)
+        if not click_zoom >= 1.0:
+            raise ValueError(f"click_zoom must be >= 1, not {click_zoom}")
+        self.click_zoom = click_zoom  # first prediction of an object prompted by clicks alone: window this much larger
         if graphcut is not None:
             require_maxflow()  # fail at start, not at the first object
 
@@ -449,7 +459,9 @@ class Predictor:
         patch = self.model.patch_size
         if level == B.REDUCED:
             patch = reduced_patch(patch, self.model.divisor)
-        window = Window.around(extent[0], extent[1], patch, query.image.shape)
+        first_click = clicks_only(query.prompts) and query.prev_slices is None and query.prev_probs is None
+        zoom_extra = self.click_zoom if first_click else 1.0
+        window = Window.around(extent[0], extent[1], patch, query.image.shape, zoom_extra)
         if level == B.REDUCED:  # the reduced level is for saving time: no TTA, not a typical run's cost
             runs[0] += 1
             return window, self.predict_window(query, window, 1)

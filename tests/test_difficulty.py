@@ -90,3 +90,22 @@ def test_compare_tabulates_files_over_the_first_files_structures(tmp_path, capsy
     assert lines[4] == "hardest quarter of the first (Dice <= 0.200, n=2) | 0.150 | 0.350"
     with pytest.raises(SystemExit):
         D.main(["--data", "x"])  # --out missing
+
+
+def test_the_size_power_draws_labels_by_their_voxel_count_and_combines_with_difficulty(cases):
+    store = CaseStore(list_cases(cases))
+    case = store.get(0)
+    sizes = np.bincount(np.asarray(case.gts).ravel(), minlength=4)[1:].astype(float)
+    store.set_size_power(0.5)
+    expected = np.sqrt(sizes) / np.sqrt(sizes).sum()
+    assert store.label_probs(0, case) == pytest.approx(expected)
+    rng = np.random.default_rng(1)
+    counts = np.bincount([store.draw_label(0, case, rng) for _ in range(4000)], minlength=4)[1:] / 4000
+    assert counts == pytest.approx(expected, abs=0.03)
+    store.set_difficulty({store.paths[0].stem: {1: 0.95, 2: 0.05, 3: 0.5}}, power=1.0, floor=0.1)
+    both = np.sqrt(sizes) * np.array([0.15, 1.05, 0.6])
+    assert store.label_probs(0, case) == pytest.approx(both / both.sum())
+    store.set_size_power(0.0)  # back to the difficulty weights alone
+    assert store.label_probs(0, case) == pytest.approx(np.array([0.15, 1.05, 0.6]) / 1.8)
+    with pytest.raises(ValueError):
+        store.set_size_power(-1.0)

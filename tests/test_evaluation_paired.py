@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.paired import bootstrap, paired_scores, per_structure, report, rule_score
+from evaluation.paired import bootstrap, paired_scores, per_structure, report, rule_score, verdict
 
 
 def details(finals: dict[str, float], first: dict[str, float] | None = None) -> dict:
@@ -66,3 +66,13 @@ def test_identical_folders_differ_by_nothing(tmp_path):
         write(tmp_path, "s", mode, "X", details({"1": 0.3, "2": 0.9, "3": 0.6}))
     paired = paired_scores(tmp_path, tmp_path, "s")
     assert np.all(bootstrap(paired, resamples=100) == 0)
+
+
+def test_verdict_needs_the_margin_and_no_metric_clearly_behind():
+    good = {"DSC_Final": (0.012, 0.99), "NSD_Final": (0.0, 0.5), "DSC_AUC": (0.02, 0.9), "NSD_AUC": (-0.01, 0.2)}
+    assert verdict(good)[0]
+    assert not verdict({**good, "DSC_Final": (0.009, 0.99)})[0]  # below the +0.01 margin
+    ships, reason = verdict({**good, "NSD_AUC": (-0.03, 0.04)})  # behind in 96 % of the resamples
+    assert not ships and "NSD_AUC" in reason
+    with pytest.raises(ValueError):
+        verdict({"DSC_Final": (0.05, 1.0)})

@@ -6,7 +6,7 @@ import torch
 from inference import budget as B
 from inference.case_io import parse_case
 from inference.network import new_model
-from inference.predictor import Predictor, anchored_slices, class_prompts, fallback_segs, prompt_extent
+from inference.predictor import Predictor, anchored_slices, class_prompts, clicks_only, fallback_segs, prompt_extent
 from inference.prompts import image_stats
 
 
@@ -74,6 +74,28 @@ def test_extent_without_box_uses_clicks_and_previous_mask():
     from scipy import ndimage
     lo, hi = prompt_extent(class_prompts(case, 0), ndimage.find_objects(prev)[0])
     assert lo.tolist() == [3, 2, 3] and hi.tolist() == [15, 19, 34]
+
+
+def test_click_zoom_widens_only_the_windows_of_objects_prompted_by_clicks_alone():
+    """A click-only object's first coarse window (no previous mask) is click_zoom times the zoom rule's, centred as
+    before; a box's is not."""
+    clicked = _case(k=1, shape=(200, 200, 200), clicks=[{"fg": [[100, 90, 80]], "bg": []}], boxes=False)
+    boxed = _case(k=1, shape=(200, 200, 200))
+    assert clicks_only(class_prompts(clicked, 0)) and not clicks_only(class_prompts(boxed, 0))
+    sizes = {}
+    for zoom in (1.0, 2.0):
+        for name, case in (("click", clicked), ("box", boxed)):
+            p = ScriptedPredictor("none", max_zoom_outs=0, click_zoom=zoom)
+            p.predict_case(case)
+            sizes[name, zoom] = p.windows[0]
+    patch = np.asarray(sizes["click", 1.0].patch)
+    assert np.array_equal(sizes["click", 1.0].size, patch)
+    assert np.array_equal(sizes["click", 2.0].size, 2 * patch)
+    centre = [s + (n - 1) / 2 for s, n in zip(sizes["click", 2.0].start, sizes["click", 2.0].size)]
+    assert np.allclose(centre, [100, 90, 80], atol=1)
+    assert sizes["box", 1.0] == sizes["box", 2.0]
+    with pytest.raises(ValueError):
+        ScriptedPredictor(click_zoom=0.5)
 
 
 def test_anchored_extent_keeps_the_components_a_positive_prompt_touches():

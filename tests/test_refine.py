@@ -222,6 +222,7 @@ def test_settings_names_and_environment():
         "volume_weight": DEFAULT_VOLUME_WEIGHT}
     assert env_options({"SEGFM_VOLUME_WEIGHT": "0.5"})["volume_weight"] == 0.5
     assert predictor_options("coarse+full+volume_weight=0.25")["volume_weight"] == 0.25
+    assert predictor_options("coarse+full+click_zoom=2")["click_zoom"] == 2.0
     for bad in ("-1", "much", "nan"):
         with pytest.raises(ValueError, match="SEGFM_VOLUME_WEIGHT"):
             env_options({"SEGFM_VOLUME_WEIGHT": bad})

@@ -48,6 +48,9 @@ class TrainConfig:
                                  "instead of uniformly (empty: uniformly)")
     hard_power: float = opt(1.0, "exponent of (1 - Dice) in the --hard-examples weights")
     hard_floor: float = opt(0.1, "weight added to every label under --hard-examples (so well-learnt ones still come up)")
+    label_size_power: float = opt(0.0, "draw a case's labels (real images and label maps) with weight "
+                                       "(voxels) ^ this instead of uniformly (0); 0.5 favours large structures, "
+                                       "which a single click otherwise rarely trains")
     num_workers: int = opt(-1, "DataLoader worker processes (-1: 1 on CPU, min(8, cores) on CUDA); workers "
                                "use the file system for sharing, not /dev/shm")
     # ---------------------------------------------------------------- model
@@ -175,6 +178,8 @@ class TrainConfig:
         if self.hard_power < 0 or self.hard_floor < 0 or (self.hard_examples and self.hard_power == 0
                                                           and self.hard_floor == 0):
             raise ValueError("--hard-power and --hard-floor must be >= 0 and not both 0")
+        if self.label_size_power < 0:
+            raise ValueError("--label-size-power must be >= 0")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
         if self.click_focus_weight < 0:

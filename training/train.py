@@ -169,7 +169,7 @@ def initial_model(cfg: C.TrainConfig) -> LoadedModel:
 
 def build_sources(cfg: C.TrainConfig, paths: list[Path], workers: int) -> Sources:
     """The training sources: the --data cases (real, their labels drawn by --hard-examples when given, and, with
-    the --labelmaps maps, synthesised), the supervoxel cases under --pseudo, and the canvases; the RAM budget is
+    the --labelmaps maps, synthesised; both drawing labels by --label-size-power), the supervoxel cases under --pseudo, and the canvases; the RAM budget is
     shared among the stores and workers."""
     maps = list_cases(cfg.labelmaps) if cfg.labelmaps and Path(cfg.labelmaps).is_dir() else []
     pseudo = list_cases(cfg.pseudo) if cfg.pseudo and Path(cfg.pseudo).is_dir() else []
@@ -178,8 +178,10 @@ def build_sources(cfg: C.TrainConfig, paths: list[Path], workers: int) -> Source
     real = CaseStore(paths, **kw)
     if cfg.hard_examples:
         real.set_difficulty(read_difficulty(cfg.hard_examples), cfg.hard_power, cfg.hard_floor)
-    return Sources(real, CaseStore(list(paths) + maps, **kw), CaseStore(pseudo, **kw) if pseudo else None,
-                   Mixture.from_config(cfg))
+    painted = CaseStore(list(paths) + maps, **kw)
+    for store in (real, painted):
+        store.set_size_power(cfg.label_size_power)
+    return Sources(real, painted, CaseStore(pseudo, **kw) if pseudo else None, Mixture.from_config(cfg))
 
 
 def check_patch(patch: tuple[int, int, int], model: LoadedModel) -> None:
