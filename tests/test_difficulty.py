@@ -109,3 +109,33 @@ def test_the_size_power_draws_labels_by_their_voxel_count_and_combines_with_diff
     assert store.label_probs(0, case) == pytest.approx(np.array([0.15, 1.05, 0.6]) / 1.8)
     with pytest.raises(ValueError):
         store.set_size_power(-1.0)
+
+
+def test_the_click_prompt_scores_the_no_box_first_step_and_records_sizes(cases, tmp_path, capsys):
+    from evaluation.harness import Case
+
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(new_model("tiny", seed=2), ckpt)
+    path = list_cases(cases)[0]
+    with np.load(path) as npz:
+        case = Case(path.name, npz["imgs"], npz["gts"], npz["spacing"], [1, 2, 3])
+    data = D.first_step_input(case, "click")
+    assert "boxes" not in data and not data["prev_pred"].any()
+    for c, label in enumerate(case.labels):  # one foreground click inside each structure, as the no-box mode's first
+        (z, y, x), = data["clicks"][c]["fg"]
+        assert case.gts[z, y, x] == label and data["clicks"][c]["bg"] == [] and data["clicks_order"][c] == ["fg"]
+    assert "boxes" in D.first_step_input(case, "box")
+    with pytest.raises(ValueError):
+        D.first_step_input(case, "lasso")
+    out = tmp_path / "click.json"
+    assert D.main(["--checkpoint", str(ckpt), "--data", str(cases), "--out", str(out), "--prompt", "click",
+                   "--no-progress"]) == 0
+    written = json.loads(out.read_text())
+    assert written["prompt"].startswith("one click")
+    sizes = written["voxels"][path.stem]
+    assert sizes == {str(k): int((case.gts == k).sum()) for k in (1, 2, 3)}
+    capsys.readouterr()
+    assert D.main(["--compare", str(out), str(out)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert sum("voxels (n=" in r for r in rows) >= 1
+    assert sum(int(r.split("(n=")[1].split(")")[0]) for r in rows if "voxels (n=" in r) == 6  # 2 cases x 3

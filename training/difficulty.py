@@ -25,10 +25,32 @@ import numpy as np
 MAX_CLASSES_PER_RUN = 255  # a challenge output is uint8: cases with more classes are predicted in groups
 
 
-def case_difficulty(predictor, path: str | os.PathLike) -> dict[int, float]:
-    """{label id as stored: box-step Dice} for one training npz (imgs, gts, spacing)."""
+PROMPTS = ("box", "click")  # the organizer's box step, or its no-box first step (one click per class)
+
+
+def first_step_input(case, prompt: str = "box") -> dict:
+    """The organizer's first step of an evaluation `Case` (labels 1..n): its boxes, or (`click`) one click per class
+    on an empty previous prediction, as the no-box mode's first click step."""
     from evaluation.boxes import boxes_from_gt
-    from evaluation.harness import Case, step_input
+    from evaluation.clicks import add_click, new_click_state, simulate_clicks
+    from evaluation.harness import step_input
+    from evaluation.regions import class_boxes
+
+    if prompt == "box":
+        return step_input(case, boxes_from_gt(case.gts))
+    if prompt != "click":
+        raise ValueError(f"prompt must be one of {PROMPTS}, not {prompt!r}")
+    zeros = np.zeros(case.gts.shape, np.uint8)
+    clicks, order = new_click_state(len(case.labels))
+    for index, result in enumerate(simulate_clicks(zeros, case.gts, case.labels, class_boxes(case.gts, case.labels))):
+        add_click(clicks, order, index, result)
+    return step_input(case, None, clicks, order, zeros)
+
+
+def case_difficulty(predictor, path: str | os.PathLike, prompt: str = "box") -> dict[int, float]:
+    """{label id as stored: first-step Dice} for one training npz (imgs, gts, spacing), from the box (`box`) or
+    from one click (`click`)."""
+    from evaluation.harness import Case
     from evaluation.metrics import dice_per_class
     from evaluation.regions import labels_of
 
@@ -43,9 +65,19 @@ def case_difficulty(predictor, path: str | os.PathLike) -> dict[int, float]:
         lut[group] = np.arange(1, len(group) + 1)
         seq = lut[gts]
         case = Case(path.name, imgs, seq, spacing, list(range(1, len(group) + 1)))
-        segs = predictor.predict(step_input(case, boxes_from_gt(seq)), name=path.name)
+        segs = predictor.predict(first_step_input(case, prompt), name=path.name)
         scores.update(zip((int(v) for v in group), dice_per_class(seq, np.asarray(segs), range(1, len(group) + 1))))
     return scores
+
+
+def label_voxels(path: str | os.PathLike, labels: Sequence[int]) -> dict[str, int]:
+    """{label id: its voxel count} of one npz's gts."""
+    with np.load(path, allow_pickle=False) as npz:
+        counts = np.bincount(npz["gts"].ravel().astype(np.int64), minlength=max(labels, default=0) + 1)
+    return {str(k): int(counts[k]) for k in labels}
+
+
+SIZE_BINS = (0, 500, 2000, 10000)  # voxels: the compare table's size groups start here
 
 
 def label_weights(dice: dict[int, float], labels: Sequence[int], power: float = 1.0,
@@ -79,9 +111,10 @@ def _summary(dice: np.ndarray, share_below: float | None = 0.3) -> str:
 
 
 def compare(files: Sequence[str | os.PathLike]) -> str:
-    """A text table of several difficulty files over the structures of the first: the mean box-step Dice per
-    modality (the case name's first `_` field) and overall, the share below 0.3, and the mean over the first
-    file's hardest quarter (how much the structures it missed moved)."""
+    """A text table of several difficulty files over the structures of the first: the mean first-step Dice per
+    modality (the case name's first `_` field), overall and (when the first file records voxel counts) per size
+    group, the share below 0.3, and the mean over the first file's hardest quarter (how much the structures it
+    missed moved)."""
     from evaluation.report import modality_of
 
     runs = [read_difficulty(f) for f in files]
@@ -91,6 +124,14 @@ def compare(files: Sequence[str | os.PathLike]) -> str:
     lines = ["group | " + " | ".join(Path(f).name for f in files)]
     for name, sel in [*((m, modality == m) for m in sorted(set(modality))), ("all", np.ones(len(keys), bool))]:
         lines.append(f"{name} (n={int(sel.sum())}) | " + " | ".join(_summary(v[sel]) for v in values))
+    sizes = json.loads(Path(files[0]).read_text(encoding="utf-8")).get("voxels") or {}
+    size = np.array([sizes.get(case, {}).get(str(label), -1) for case, label in keys], float)
+    edges = [*SIZE_BINS, np.inf]
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (size >= lo) & (size < hi)
+        if sel.any():
+            name = f"{lo:,}+ voxels" if hi == np.inf else f"{lo:,}-{int(hi):,} voxels"
+            lines.append(f"{name} (n={int(sel.sum())}) | " + " | ".join(_summary(v[sel]) for v in values))
     q = np.quantile(values[0], 0.25)
     hard = values[0] <= q
     lines.append(f"hardest quarter of the first (Dice <= {q:.3f}, n={int(hard.sum())}) | "
@@ -103,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="weights/default.pt", help="the model to score (native checkpoint)")
     parser.add_argument("--data", help="folder of training npz cases (imgs, gts, spacing)")
     parser.add_argument("--out", type=Path, help="the JSON file to write")
+    parser.add_argument("--prompt", choices=PROMPTS, default="box", help="the first step scored: the organizer's "
+                        "box (the --hard-examples file), or one click per structure without a box (diagnostics)")
     parser.add_argument("--compare", nargs="+", metavar="FILE", help="instead of scoring: print a table of these "
                         "difficulty files over the structures of the first (per modality, overall, its hardest "
                         "quarter)")
@@ -121,15 +164,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     predictor = load_predictor(args.checkpoint)
     cases: dict[str, dict[str, float]] = {}
+    voxels: dict[str, dict[str, int]] = {}
     for path in tqdm(list_cases(args.data), desc="difficulty", disable=not args.progress):
-        cases[path.stem] = {str(k): round(v, 4) for k, v in case_difficulty(predictor, path).items()}
+        cases[path.stem] = {str(k): round(v, 4) for k, v in case_difficulty(predictor, path, args.prompt).items()}
+        voxels[path.stem] = label_voxels(path, [int(k) for k in cases[path.stem]])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps({"checkpoint": str(args.checkpoint), "prompt": "box, one step", "cases": cases},
-                              indent=1), encoding="utf-8")
+    prompt = "box, one step" if args.prompt == "box" else "one click, no box, one step"
+    tmp.write_text(json.dumps({"checkpoint": str(args.checkpoint), "prompt": prompt, "cases": cases,
+                               "voxels": voxels}, indent=1), encoding="utf-8")
     os.replace(tmp, args.out)
     scores = [v for c in cases.values() for v in c.values()]
-    print(f"{len(scores)} structures of {len(cases)} cases: mean box-step Dice {np.mean(scores):.3f} -> {args.out}")
+    print(f"{len(scores)} structures of {len(cases)} cases: mean {args.prompt}-step Dice {np.mean(scores):.3f} "
+          f"-> {args.out}")
     return 0
 
 
