@@ -47,9 +47,10 @@ def first_step_input(case, prompt: str = "box") -> dict:
     return step_input(case, None, clicks, order, zeros)
 
 
-def case_difficulty(predictor, path: str | os.PathLike, prompt: str = "box") -> dict[int, float]:
-    """{label id as stored: first-step Dice} for one training npz (imgs, gts, spacing), from the box (`box`) or
-    from one click (`click`)."""
+def case_difficulty(predictor, path: str | os.PathLike, prompt: str = "box"
+                    ) -> tuple[dict[int, float], dict[int, int]]:
+    """({label id as stored: first-step Dice}, {label id: voxels}) for one training npz (imgs, gts, spacing), from
+    the box (`box`) or from one click (`click`)."""
     from evaluation.harness import Case
     from evaluation.metrics import dice_per_class
     from evaluation.regions import labels_of
@@ -67,14 +68,8 @@ def case_difficulty(predictor, path: str | os.PathLike, prompt: str = "box") -> 
         case = Case(path.name, imgs, seq, spacing, list(range(1, len(group) + 1)))
         segs = predictor.predict(first_step_input(case, prompt), name=path.name)
         scores.update(zip((int(v) for v in group), dice_per_class(seq, np.asarray(segs), range(1, len(group) + 1))))
-    return scores
-
-
-def label_voxels(path: str | os.PathLike, labels: Sequence[int]) -> dict[str, int]:
-    """{label id: its voxel count} of one npz's gts."""
-    with np.load(path, allow_pickle=False) as npz:
-        counts = np.bincount(npz["gts"].ravel().astype(np.int64), minlength=max(labels, default=0) + 1)
-    return {str(k): int(counts[k]) for k in labels}
+    counts = np.bincount(gts.ravel().astype(np.int64), minlength=max(labels, default=0) + 1)
+    return scores, {int(k): int(counts[k]) for k in labels}
 
 
 SIZE_BINS = (0, 500, 2000, 10000)  # voxels: the compare table's size groups start here
@@ -166,8 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases: dict[str, dict[str, float]] = {}
     voxels: dict[str, dict[str, int]] = {}
     for path in tqdm(list_cases(args.data), desc="difficulty", disable=not args.progress):
-        cases[path.stem] = {str(k): round(v, 4) for k, v in case_difficulty(predictor, path, args.prompt).items()}
-        voxels[path.stem] = label_voxels(path, [int(k) for k in cases[path.stem]])
+        scores, sizes = case_difficulty(predictor, path, args.prompt)
+        cases[path.stem] = {str(k): round(v, 4) for k, v in scores.items()}
+        voxels[path.stem] = {str(k): v for k, v in sizes.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     prompt = "box, one step" if args.prompt == "box" else "one click, no box, one step"

@@ -169,8 +169,8 @@ def initial_model(cfg: C.TrainConfig) -> LoadedModel:
 
 def build_sources(cfg: C.TrainConfig, paths: list[Path], workers: int) -> Sources:
     """The training sources: the --data cases (real, their labels drawn by --hard-examples when given, and, with
-    the --labelmaps maps, synthesised; both drawing labels by --label-size-power), the supervoxel cases under --pseudo, and the canvases; the RAM budget is
-    shared among the stores and workers."""
+    the --labelmaps maps, synthesised; both drawing labels by --label-size-power), the supervoxel cases under
+    --pseudo, and the canvases; the RAM budget is shared among the stores and workers."""
     maps = list_cases(cfg.labelmaps) if cfg.labelmaps and Path(cfg.labelmaps).is_dir() else []
     pseudo = list_cases(cfg.pseudo) if cfg.pseudo and Path(cfg.pseudo).is_dir() else []
     ram = cfg.ram_cache_mb / max(1, workers) / 3
