@@ -8,7 +8,7 @@ import torch
 
 from inference.network import CHANNELS, new_model, save_checkpoint
 from training.data import write_synthetic_cases
-from training.probe import COLUMNS, fit_fixed_batch, main, probe_scores
+from training.probe import COLUMNS, deep_supervision_loss, fit_fixed_batch, main, probe_scores
 
 IMG, BOX = CHANNELS["image"], CHANNELS["box_pos"]
 
@@ -75,3 +75,23 @@ def test_fitting_a_fixed_batch_raises_its_dice():
     assert [s for s, _, _ in log] == [0, 10, 20, 30, 39]
     assert log[-1][1] > log[0][1] + 0.2 and log[-1][1] > 0.8
     assert all(n > 0 for _, _, n in log)
+
+
+def test_deep_supervision_loss_scores_every_output_but_the_coarsest():
+    target = torch.zeros(1, 16, 16, 16)
+    target[0, 4:12, 4:12, 4:12] = 1
+    # logits that are right at full and half resolution: the weighted mean of two near-zero Dice terms
+    right = [torch.stack([-20 * (2 * t - 1), 20 * (2 * t - 1)], 1)
+             for t in (target, torch.nn.functional.avg_pool3d(target[:, None], 2)[:, 0].round())]
+    coarse_wrong = torch.zeros(1, 2, 4, 4, 4)
+    assert float(deep_supervision_loss([*right, coarse_wrong], target)) < 0.05  # the coarsest output counts 0
+    wrong_half = torch.stack([torch.zeros(1, 8, 8, 8), torch.full((1, 8, 8, 8), -20.0)], 1)  # half res empty
+    loss = float(deep_supervision_loss([right[0], wrong_half, coarse_wrong], target))
+    assert 10 * (1 / 3) * 0.8 < loss < 10 * (1 / 3) * 1.2 + 1  # weight 1/3 of (10 (1 - Dice) + BCE) at half res
+
+
+def test_fitting_with_deep_supervision_raises_the_full_resolution_dice():
+    inputs, targets = boxed_blobs(n=2)
+    net = new_model("tiny", seed=0).net
+    log = fit_fixed_batch(net, inputs, targets, steps=40, lr=1e-2, amp="none", every=10, deep_supervision=True)
+    assert log[-1][1] > log[0][1] + 0.2 and log[-1][1] > 0.8

@@ -16,6 +16,8 @@ checkpoints are compared on the same samples. All arrays are (z, y, x) patches o
 `--fit-steps N` adds an optimisation check: a copy of each model is trained on one fixed batch of real samples
 (AdamW, the training loss, the clip of `TrainConfig.grad_clip`) and the Dice printed every 10 steps, so a
 learning rate, precision or loss change can be judged by how fast the network fits what it sees.
+`--fit-deep-supervision` fits with nnU-Net's deep supervision (every decoder resolution but the coarsest scored
+against the average-pooled target, weights 1/2^i normalised); the Dice printed is the full-resolution output's.
 """
 from __future__ import annotations
 
@@ -80,24 +82,49 @@ def network_predictor(model, batch: int = 4):
     return predict
 
 
+def deep_supervision_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """The training loss summed over the decoder's outputs (full resolution first; each (B, 2, z, y, x)) with
+    nnU-Net's weights 1/2^i, the coarsest output weighted 0, normalised to 1; the target (B, z, y, x) is
+    average-pooled to each output's grid (a soft target keeps objects smaller than one coarse voxel)."""
+    from .simulate import segmentation_loss
+
+    weights = [0.5 ** i for i in range(len(outputs) - 1)] + [0.0]
+    total = sum(weights)
+    t = target.float()[:, None]
+    loss = outputs[0].new_zeros(())
+    for out, w in zip(outputs, weights):
+        if w > 0:
+            factor = [a // b for a, b in zip(t.shape[2:], out.shape[2:])]
+            pooled = torch.nn.functional.avg_pool3d(t, factor) if max(factor) > 1 else t
+            loss = loss + w / total * segmentation_loss(out, pooled[:, 0])[0]
+    return loss
+
+
 def fit_fixed_batch(net: torch.nn.Module, inputs: np.ndarray, targets: np.ndarray, steps: int, lr: float,
                     amp: str = "bf16", grad_clip: float = 12.0, weight_decay: float = 0.01,
-                    every: int = 10) -> list[tuple[int, float, float]]:
-    """Train `net` (in place) on one fixed batch for `steps` AdamW steps with the training loss; returns
-    (step, hard Dice of that step's forward pass, gradient norm before clipping) every `every` steps and at the end.
-    `amp` is `--amp` of training (bf16 or none here, on the CPU)."""
+                    every: int = 10, deep_supervision: bool = False) -> list[tuple[int, float, float]]:
+    """Train `net` (in place) on one fixed batch for `steps` AdamW steps with the training loss (or
+    `deep_supervision_loss`); returns (step, hard Dice of that step's full-resolution output, gradient norm
+    before clipping) every `every` steps and at the end. `amp` is `--amp` of training (bf16 or none here, on the CPU)."""
     from .simulate import hard_dice, segmentation_loss
     from .train import autocast_factory
 
     x, t = torch.from_numpy(inputs), torch.from_numpy(targets)
     net.train()
+    for p in net.parameters():  # a checkpoint's unused heads may come frozen
+        p.requires_grad_(True)
+    net.decoder.deep_supervision = deep_supervision
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     ctx, _ = autocast_factory(torch.device("cpu"), amp)
     out = []
     for step in range(steps):
         with ctx():
-            logits = net(x)
-        loss, _ = segmentation_loss(logits, t)
+            outputs = net(x)
+        if deep_supervision:
+            loss, logits = deep_supervision_loss(outputs, t), outputs[0]
+        else:
+            logits = outputs
+            loss, _ = segmentation_loss(logits, t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip if grad_clip > 0 else float("inf")))
@@ -123,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit-samples", type=int, default=6, help="samples in the fixed batch (default 6)")
     ap.add_argument("--fit-lr", type=float, default=1e-3, help="AdamW learning rate of the fit (default 1e-3)")
     ap.add_argument("--fit-amp", choices=("bf16", "none"), default="bf16", help="autocast of the fit (default bf16)")
+    ap.add_argument("--fit-deep-supervision", action="store_true",
+                    help="fit with deep supervision (every decoder resolution but the coarsest; the Dice stays the "
+                         "full-resolution output's)")
     args = ap.parse_args(argv)
 
     from inference.network import CHANNELS, load_model
@@ -155,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         inputs, targets = draw_samples(cfg, "real", args.fit_samples, args.seed + 1, patch)
         for path, model in zip(args.checkpoints, models):
             for step, d, norm in fit_fixed_batch(copy.deepcopy(model.net), inputs, targets, args.fit_steps,
-                                                 args.fit_lr, args.fit_amp, cfg.grad_clip, cfg.weight_decay):
-                print(f"[probe] fit {path} ({args.fit_amp}, lr {args.fit_lr:g}): step {step} Dice {d:.3f} "
+                                                 args.fit_lr, args.fit_amp, cfg.grad_clip, cfg.weight_decay,
+                                                 deep_supervision=args.fit_deep_supervision):
+                ds = ", deep supervision" if args.fit_deep_supervision else ""
+                print(f"[probe] fit {path} ({args.fit_amp}{ds}, lr {args.fit_lr:g}): step {step} Dice {d:.3f} "
                       f"gradient norm {norm:.2f}", file=sys.stderr)
     keys = ["checkpoint", "source", "samples", *COLUMNS, "image gain", "over box"]
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
