@@ -23,7 +23,6 @@ from typing import Any
 from .local_update import LocalConfig
 from .predictor import (CLICK_UPDATES, DEFAULT_CLICK_UPDATE, DEFAULT_GRAPHCUT, DEFAULT_INTENSITY, DEFAULT_REFINE,
                         DEFAULT_VOLUME_WEIGHT, GRAPHCUT_BY_DEFAULT, INTENSITY_BY_DEFAULT, REFINE_BY_DEFAULT)
-from .refine import RefineConfig
 
 
 def _value(text: str, current: Any) -> Any:

@@ -215,7 +215,7 @@ def sources_table(data: str, n: int = 20, patch: int = 64, warmup: int = 40) -> 
 
     from . import config as C
     from .data import SampleOptions, list_cases, make_sample, write_synthetic_cases
-    from .mixture import SOURCE_NAMES, Mixture
+    from .mixture import SOURCE_NAMES
     from .train import build_sources
 
     torch.set_num_threads(1)
