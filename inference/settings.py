@@ -11,8 +11,8 @@ that override fields of `RefineConfig` (refinement), `LocalConfig` (prefixed `lo
 (prefixed `intensity.`) or `GraphCutConfig` (prefixed `cut.`), or set `volume_weight=w` (the fusion's
 overlap rule, inference/fusion.py) or `click_zoom=z` (the first window of an object prompted by clicks alone is
 z times the zoom rule's; default 1, measured in the model card's "One click on a large structure"), e.g.
-`refine+both+max_tiles=4+soft_prev=0`. The container reads `SEGFM_REFINE` (on/off), `SEGFM_CLICK_UPDATE` (full/local/both), `SEGFM_INTENSITY` (on/off),
-`SEGFM_GRAPHCUT` (on/off) and `SEGFM_VOLUME_WEIGHT` (a number >= 0).
+`refine+both+max_tiles=4+soft_prev=0`. The container reads `SEGFM_REFINE` (on/off), `SEGFM_CLICK_UPDATE`
+(full/local/both), `SEGFM_INTENSITY` (on/off), `SEGFM_GRAPHCUT` (on/off) and `SEGFM_VOLUME_WEIGHT` (a number >= 0).
 """
 from __future__ import annotations
 

@@ -95,3 +95,4 @@ def test_fitting_with_deep_supervision_raises_the_full_resolution_dice():
     net = new_model("tiny", seed=0).net
     log = fit_fixed_batch(net, inputs, targets, steps=40, lr=1e-2, amp="none", every=10, deep_supervision=True)
     assert log[-1][1] > log[0][1] + 0.2 and log[-1][1] > 0.8
+    assert isinstance(net(torch.from_numpy(inputs)), torch.Tensor)  # afterwards one output again, as inference expects

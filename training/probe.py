@@ -111,9 +111,10 @@ def fit_fixed_batch(net: torch.nn.Module, inputs: np.ndarray, targets: np.ndarra
 
     x, t = torch.from_numpy(inputs), torch.from_numpy(targets)
     net.train()
-    for p in net.parameters():  # a checkpoint's unused heads may come frozen
-        p.requires_grad_(True)
-    net.decoder.deep_supervision = deep_supervision
+    if deep_supervision:  # the lower heads train too (a training run's `freeze_unused_heads` may have frozen them)
+        for p in net.decoder.seg_layers.parameters():
+            p.requires_grad_(True)
+        net.decoder.deep_supervision = True
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     ctx, _ = autocast_factory(torch.device("cpu"), amp)
     out = []
@@ -131,6 +132,7 @@ def fit_fixed_batch(net: torch.nn.Module, inputs: np.ndarray, targets: np.ndarra
         opt.step()
         if step % every == 0 or step == steps - 1:
             out.append((step, float(hard_dice(logits.detach(), t).mean()), norm))
+    net.decoder.deep_supervision = False  # the network's forward returns one output again
     return out
 
 
