@@ -22,8 +22,9 @@ help:  ## list the targets
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-serve.txt requirements-dev.txt
 	$(PYTHON_BOOT) -m venv $(VENV)
-	@# CPU build of torch: from a local wheel when pip finds one (--no-index), else from PyTorch's CPU index.
-	$(PY) -m pip install --no-index torch==2.13.0 || $(PY) -m pip install --index-url $(TORCH_CPU_INDEX) torch==2.13.0
+	@# CPU build of torch: `+cpu` matches only a local CPU wheel (PyPI hosts no local versions, so this never
+	@# pulls a CUDA build) with its dependencies from the configured indexes; else from PyTorch's CPU index.
+	$(PY) -m pip install torch==2.13.0+cpu || $(PY) -m pip install --index-url $(TORCH_CPU_INDEX) torch==2.13.0
 	$(PY) -m pip install -r requirements-dev.txt
 	$(PY) -m pip install --no-deps -r requirements-nodeps.txt
 	@# the older nnInteractive client, beside the venv, for tests/test_serve.py's 2.5.0 compatibility test

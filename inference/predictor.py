@@ -208,6 +208,7 @@ INTENSITY_BY_DEFAULT = True  # on: docs/intensity.md
 DEFAULT_GRAPHCUT = GraphCutConfig()  # what "+cut" / SEGFM_GRAPHCUT=on uses
 GRAPHCUT_BY_DEFAULT = False  # off: short of the margin set before the held-out run (docs/graphcut.md)
 DEFAULT_CLICK_ZOOM = 1.0  # off: small structures lose what large ones gain (weights/README.md, "One click on a large structure")
+DEFAULT_MIN_ZOOM = 1.0  # the seed paper's rule: small objects at the volume's resolution (magnifying them: docs/refinement.md)
 DEFAULT_VOLUME_WEIGHT = 0.0  # off: +0.0045 held-out mean against a 0.005 margin set before the run; 0.5 opt-in (docs/fusion.md)
 
 
@@ -291,7 +292,8 @@ class Predictor:
                  pin_clicks: bool = True,
                  intensity: IntensityConfig | None = DEFAULT_INTENSITY if INTENSITY_BY_DEFAULT else None,
                  graphcut: GraphCutConfig | None = DEFAULT_GRAPHCUT if GRAPHCUT_BY_DEFAULT else None,
-                 volume_weight: float = DEFAULT_VOLUME_WEIGHT, click_zoom: float = DEFAULT_CLICK_ZOOM):
+                 volume_weight: float = DEFAULT_VOLUME_WEIGHT, click_zoom: float = DEFAULT_CLICK_ZOOM,
+                 min_zoom: float = DEFAULT_MIN_ZOOM):
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = P.resolve(self.device, precision)  # $SEGFM_PRECISION when None
         self._autocast = P.autocast(self.device, self.precision)
@@ -319,6 +321,9 @@ class Predictor:
         self.volume_weight = volume_weight  # which class a voxel several classes claim gets (inference/fusion.py)
         if not click_zoom >= 1.0:
             raise ValueError(f"click_zoom must be >= 1, not {click_zoom}")
+        if not 0.25 <= min_zoom <= 1.0:
+            raise ValueError(f"min_zoom must be in [0.25, 1], not {min_zoom}")
+        self.min_zoom = min_zoom  # below 1: coarse windows of small objects magnified down to this zoom
         self.click_zoom = click_zoom  # first prediction of an object prompted by clicks alone: window this much larger
         if graphcut is not None:
             require_maxflow()  # fail at start, not at the first object
@@ -460,7 +465,7 @@ class Predictor:
             patch = reduced_patch(patch, self.model.divisor)
         first_click = clicks_only(query.prompts) and query.prev_slices is None and query.prev_probs is None
         zoom_extra = self.click_zoom if first_click else 1.0
-        window = Window.around(extent[0], extent[1], patch, query.image.shape, zoom_extra)
+        window = Window.around(extent[0], extent[1], patch, query.image.shape, zoom_extra, min_zoom=self.min_zoom)
         if level == B.REDUCED:  # the reduced level is for saving time: no TTA, not a typical run's cost
             runs[0] += 1
             return window, self.predict_window(query, window, 1)

@@ -10,7 +10,8 @@ snapped to the image's edges by a graph cut, inference/graphcut.py; default `+no
 that override fields of `RefineConfig` (refinement), `LocalConfig` (prefixed `local.`), `IntensityConfig`
 (prefixed `intensity.`) or `GraphCutConfig` (prefixed `cut.`), or set `volume_weight=w` (the fusion's
 overlap rule, inference/fusion.py) or `click_zoom=z` (the first window of an object prompted by clicks alone is
-z times the zoom rule's; default 1, measured in the model card's "One click on a large structure"), e.g.
+z times the zoom rule's; default 1, measured in the model card's "One click on a large structure") or
+`min_zoom=m` (m < 1: the coarse window of a small object is magnified, down to zoom m; default 1), e.g.
 `refine+both+max_tiles=4+soft_prev=0`. The container reads `SEGFM_REFINE` (on/off), `SEGFM_CLICK_UPDATE`
 (full/local/both), `SEGFM_INTENSITY` (on/off), `SEGFM_GRAPHCUT` (on/off) and `SEGFM_VOLUME_WEIGHT` (a number >= 0).
 """
@@ -74,8 +75,8 @@ def predictor_options(name: str) -> dict[str, Any]:
             key, text = part.split("=", 1)
             if key == "tta":
                 options["tta"] = int(text)
-            elif key == "click_zoom":
-                options["click_zoom"] = float(text)
+            elif key in ("click_zoom", "min_zoom"):
+                options[key] = float(text)
             elif key == "volume_weight":
                 options["volume_weight"] = parse_volume_weight(text, f"setting {name!r}: volume_weight")
             elif key.startswith("intensity."):

@@ -18,9 +18,10 @@ import torch
 Triple = tuple[int, int, int]
 
 
-def zoom_factor(extent: np.ndarray, patch: np.ndarray) -> float:
-    """The seed paper's rule z = max_d((extent_d + patch_d / 3) / patch_d, 1); extent, patch (z, y, x)."""
-    return float(max(1.0, np.max((np.asarray(extent, float) + np.asarray(patch, float) / 3.0) / patch)))
+def zoom_factor(extent: np.ndarray, patch: np.ndarray, floor: float = 1.0) -> float:
+    """The seed paper's rule z = max(max_d (extent_d + patch_d / 3) / patch_d, 1); extent, patch (z, y, x).
+    A `floor` below 1 lets small objects be magnified (z < 1: the window smaller than the patch)."""
+    return float(max(floor, np.max((np.asarray(extent, float) + np.asarray(patch, float) / 3.0) / patch)))
 
 
 Region = tuple[slice, slice, slice]
@@ -55,11 +56,13 @@ class Window:
     # ------------------------------------------------------------------ construction
     @classmethod
     def around(cls, lo, hi, patch, shape, zoom_extra: float = 1.0, min_zoom: float = 1.0) -> "Window":
-        """Window centred on the inclusive extent [lo, hi] (z, y, x), sized by the zoom rule times zoom_extra."""
+        """Window centred on the inclusive extent [lo, hi] (z, y, x), sized by the zoom rule times zoom_extra.
+        The zoom is at least `min_zoom`; below 1 the rule's floor drops to it too, so small objects are magnified."""
         lo, hi = np.asarray(lo, float), np.asarray(hi, float)
         patch_a = np.asarray(patch, float)
-        zoom = max(zoom_factor(hi - lo + 1, patch_a), min_zoom) * zoom_extra
-        size = np.maximum(np.round(patch_a * zoom), patch_a).astype(int)
+        zoom = max(zoom_factor(hi - lo + 1, patch_a, floor=min(min_zoom, 1.0)), min_zoom) * zoom_extra
+        smallest = patch_a if min_zoom >= 1.0 else np.maximum(np.round(patch_a * min_zoom), 1.0)
+        size = np.maximum(np.round(patch_a * zoom), smallest).astype(int)
         centre = (lo + hi) / 2.0
         start = np.floor(centre - (size - 1) / 2.0 + 0.5).astype(int)
         return cls(tuple(int(v) for v in start), tuple(int(v) for v in size), tuple(int(v) for v in patch),

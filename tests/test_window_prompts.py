@@ -21,6 +21,24 @@ def test_window_sizing_and_centre():
     assert np.allclose(centre, [59.5, 24.5, 34.5], atol=0.5)
 
 
+def test_min_zoom_below_one_magnifies_small_objects_only():
+    lo, hi, patch, shape = (10, 10, 10), (15, 25, 12), (64, 64, 64), (100, 100, 100)
+    assert Window.around(lo, hi, patch, shape).size == (64, 64, 64)  # the rule: at least the patch
+    w = Window.around(lo, hi, patch, shape, min_zoom=0.5)
+    assert w.size == (37, 37, 37) and np.isclose(w.zoom, 37 / 64)  # (16 + 64 / 3) / 64 = 0.58: magnified
+    assert Window.around(lo, hi, patch, shape, min_zoom=0.75).size == (48, 48, 48)  # held at min_zoom
+    big = ((0, 0, 0), (99, 20, 20))  # a large object: the rule as before
+    assert Window.around(*big, patch, shape, min_zoom=0.5).size == Window.around(*big, patch, shape).size
+    # a magnified window still maps a linear field into the patch and back (paste downsamples)
+    zz, yy, xx = np.meshgrid(np.arange(100), np.arange(100), np.arange(100), indexing="ij")
+    vol = (0.5 * zz + 0.25 * yy - 0.1 * xx).astype(np.float32)
+    back = np.zeros_like(vol)
+    for region, values in w.paste(w.crop(vol)):
+        back[region] = values
+    inner = tuple(slice(r.start + 1, r.stop - 1) for r in w.inside())  # away from the edge (clamped there)
+    assert np.allclose(back[inner], vol[inner], atol=1e-3)
+
+
 def test_crop_matches_torch_interpolate_inside_the_volume():
     rng = np.random.default_rng(0)
     vol = rng.random((60, 50, 70)).astype(np.float32)
