@@ -15,7 +15,7 @@ from inference.network import CHANNELS, PROFILES, load_model, new_model
 from training import config as C
 from training.data import (PROMPT_KINDS, CaseStore, SampleOptions, StreamSampler, list_cases, make_sample,
                            modality_of, organizer_box, select_coreset, write_synthetic_cases)
-from training.simulate import place_click, segmentation_loss, simulate_prompts
+from training.simulate import place_click, segmentation_loss, simulate_prompts, skeleton_recall, tubed_skeleton
 from training.train import GROUPS, add_group_dice, group_means, lr_at, setup, train, train_step
 
 from nninteractive_format import write_nninteractive_folder
@@ -372,6 +372,47 @@ def test_click_focus_weight_is_trained_and_logged(cases, tmp_path):
     assert len(focus) == 1 and focus[0] > 0.0  # an untrained network leaves errors: clicks and their components
     with pytest.raises(ValueError, match="click-focus-weight"):
         C.TrainConfig(click_focus_weight=-1.0).validate()
+
+
+def test_tubed_skeleton_follows_a_thin_tube_inside_it():
+    mask = np.zeros((24, 24, 24), bool)
+    mask[4:20, 10:13, 10:13] = True  # a 3-voxel-thick rod along z
+    mask[4:20, 2:8, 14:22] = True    # a thicker block beside it
+    skel = tubed_skeleton(mask)
+    assert skel.dtype == bool and not (skel & ~mask).any()  # inside the target only
+    rod = skel[:, 10:13, 10:13]
+    assert rod[6:18].any(axis=(1, 2)).all()  # the rod's middle is covered slice by slice
+    assert skel.sum() < 0.5 * mask.sum()  # a thin core, not the whole object
+    assert np.array_equal(tubed_skeleton(mask), skel) and not tubed_skeleton(np.zeros_like(mask)).any()
+    rod = np.zeros((16, 16, 16), bool)
+    rod[4:12, 7:9, 7:9] = True  # Lee's thinning erases a 2 x 2 rod: it counts whole
+    assert np.array_equal(tubed_skeleton(rod), rod)
+
+
+def test_skeleton_recall_term():
+    target = torch.zeros((2, *PATCH), dtype=torch.bool)
+    target[0, 4:12, 7:9, 7:9] = True  # sample 1 has no object: it does not count
+    skel = torch.from_numpy(np.stack([tubed_skeleton(t) for t in target.numpy()]))
+    assert skel[0].any() and not skel[1].any()
+    right = torch.where(target[:, None], 1.0, -1.0) * torch.tensor([-8.0, 8.0]).view(1, 2, 1, 1, 1)
+    assert skeleton_recall(torch.sigmoid(right[:, 1] - right[:, 0]), skel).item() == pytest.approx(1.0, abs=1e-6)
+    base, parts0 = segmentation_loss(right, target, 10.0)
+    same, parts = segmentation_loss(right, target, 10.0, skeleton=skel, skeleton_weight=5.0)
+    assert same.item() == pytest.approx(base.item(), abs=1e-5) and parts["skel_recall"] == pytest.approx(1.0, abs=1e-6)
+    assert "skel_recall" not in parts0
+    missed = torch.zeros((2, 2, *PATCH), requires_grad=True)  # p = 0.5 everywhere: recall 0.5
+    loss, parts = segmentation_loss(missed, target, 10.0, skeleton=skel, skeleton_weight=5.0)
+    assert parts["skel_recall"] == pytest.approx(0.5)
+    loss.backward()
+    assert missed.grad[0, 1][skel[0]].lt(0).all()  # the term pushes the skeleton's voxels up
+    with pytest.raises(ValueError, match="skeleton-weight"):
+        C.TrainConfig(skeleton_weight=-1.0).validate()
+
+
+def test_skeleton_weight_is_trained_and_logged(cases, tmp_path):
+    train(tiny_cfg(cases, tmp_path / "s", steps=2, log_every=2, skeleton_weight=2.0))
+    recall = [float(v) for v in _csv(tmp_path / "s", "skel_recall")]
+    assert len(recall) == 1 and 0.0 < recall[0] <= 1.0
 
 
 def _csv(folder: Path, col: str) -> list[str]:

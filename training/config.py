@@ -109,6 +109,8 @@ class TrainConfig:
     click_focus_weight: float = opt(0.0, "add this x the BCE averaged over the error components the simulated clicks "
                                          "were placed in (so a background click's false-positive blob, whatever its "
                                          "size, must go; 0: off, the seed paper's loss)")
+    skeleton_weight: float = opt(0.0, "add this x (1 - soft recall of the target's skeleton, dilated by one voxel "
+                                 "inside the target): Skeleton Recall (Kirchhoff et al. 2024), for thin structures")
     grad_clip: float = opt(12.0, "clip the gradient norm to this (0: off)")
     ema: float = opt(0.0, "also keep an exponential moving average of the weights with this decay per step (e.g. "
                           "0.999: about the last 1,000 steps), written as <out>/model_ema.pt and, with "
@@ -184,6 +186,8 @@ class TrainConfig:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
         if self.click_focus_weight < 0:
             raise ValueError(f"--click-focus-weight must be >= 0, got {self.click_focus_weight}")
+        if self.skeleton_weight < 0:
+            raise ValueError(f"--skeleton-weight must be >= 0, got {self.skeleton_weight}")
         if self.loose_box < 0:
             raise ValueError(f"--loose-box must be >= 0, got {self.loose_box}")
         if self.zoom_aug_max < 1 or self.nobox_zoom_max < 1:

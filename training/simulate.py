@@ -6,7 +6,8 @@ segmentation channel and a click is placed on its largest error component with t
 (`evaluation.clicks.simulate_click`, the project's one implementation), drawn as the inference code
 draws clicks (`inference.prompts.draw_ball`); this repeats for k rounds. Stage 2 (with gradient)
 predicts from all prompts; the loss is dice_weight x (1 - soft Dice) + BCE on that prediction only (plus, with
---click-focus-weight, the BCE over the error components the clicks were placed in).
+--click-focus-weight, the BCE over the error components the clicks were placed in, and with --skeleton-weight,
+1 - the soft recall of the target's skeleton).
 All masks and coordinates are in the patch grid, (z, y, x).
 """
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
+from skimage.morphology import skeletonize
 
 from evaluation.clicks import Click, error_component_at, simulate_click
 from inference.network import CHANNELS
@@ -48,13 +51,45 @@ def hard_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(empty, torch.ones_like(hard), hard)
 
 
+def tubed_skeleton(mask: np.ndarray) -> np.ndarray:
+    """Skeleton Recall's target (Kirchhoff et al., ECCV 2024) for one binary mask (z, y, x): its skeleton
+    (scikit-image, Lee's 3D thinning) dilated by one voxel (6-neighbourhood) and kept inside the mask. A
+    component that the thinning erases (it can, for even widths: a 2 x 2 rod) counts whole."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return np.zeros_like(mask)
+    skel = skeletonize(mask) > 0
+    comps, n = ndimage.label(mask, ndimage.generate_binary_structure(3, 3))
+    kept = np.zeros(n + 1, bool)
+    kept[np.unique(comps[skel])] = True
+    tube = ndimage.binary_dilation(skel, ndimage.generate_binary_structure(3, 1)) & mask
+    return tube | ~kept[comps] & mask
+
+
+def skeleton_recall(prob: torch.Tensor, skeleton: torch.Tensor) -> torch.Tensor:
+    """Soft recall of each sample's skeleton, sum(p * S) / sum(S), over the samples with one (a 0-d tensor; 1
+    when no sample has a skeleton); prob and skeleton (B, z, y, x)."""
+    s = skeleton.float()
+    dims = tuple(range(1, s.ndim))
+    n = s.sum(dims)
+    has = n > 0
+    if not bool(has.any()):
+        return prob.new_ones(())
+    return ((prob * s).sum(dims)[has] / n[has]).mean()
+
+
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 10.0,
-                      focus: torch.Tensor | None = None, focus_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+                      focus: torch.Tensor | None = None, focus_weight: float = 0.0,
+                      skeleton: torch.Tensor | None = None, skeleton_weight: float = 0.0
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
     """dice_weight x (1 - mean per-sample soft Dice) + BCE on the binary logit (the hard Dice: `hard_dice`).
 
     With a `focus` mask (B, z, y, x; the error components the simulated clicks were placed in) and focus_weight > 0,
     focus_weight x (BCE averaged over each sample's focus voxels, 0 for a sample without any, mean over the batch)
-    is added: whatever the size of the component, a click that is not answered costs about as much."""
+    is added: whatever the size of the component, a click that is not answered costs about as much.
+    With `skeleton` (B, z, y, x; `tubed_skeleton` of each target) and skeleton_weight > 0, skeleton_weight x
+    (1 - `skeleton_recall`) is added (Skeleton Recall): a thin structure missed along its length costs as much as
+    a thick one, where the soft Dice barely notices it."""
     z = binary_logit(logits.float())
     t = target.float()
     sd = soft_dice(torch.sigmoid(z), t)
@@ -70,6 +105,10 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: f
     else:
         bce = F.binary_cross_entropy_with_logits(z, t)
         loss = dice_weight * (1.0 - sd.mean()) + bce
+    if skeleton is not None and skeleton_weight > 0:
+        recall = skeleton_recall(torch.sigmoid(z), skeleton)
+        loss = loss + skeleton_weight * (1.0 - recall)
+        parts["skel_recall"] = float(recall.detach())
     return loss, {"loss": float(loss.detach()), "bce": float(bce.detach()), "soft_dice": float(sd.mean().detach()),
                   **parts}
 

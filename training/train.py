@@ -35,7 +35,7 @@ from .data import (PROMPT_KINDS, CaseStore, PromptDataset, SampleOptions, Stream
                    select_coreset, write_case_list)
 from .difficulty import read_difficulty
 from .mixture import SOURCE_NAMES, Mixture, Sources
-from .simulate import hard_dice, make_predict, segmentation_loss, simulate_prompts
+from .simulate import hard_dice, make_predict, segmentation_loss, simulate_prompts, tubed_skeleton
 from .trace import StepTracer
 
 TRAIN_FORMAT = "segfm3d-train-v1"
@@ -45,9 +45,10 @@ GROUPS = tuple(f"dice_{name}" for name in SOURCE_NAMES) + tuple(f"dice_{kind}" f
 # wait_s: seconds per step spent waiting for the sample loader; sim_s: in the simulated clicks (stage-1 passes and
 # click placement): what bounds a GPU run when s_per_step is far above the network's own time. focus_bce: with
 # --click-focus-weight, the BCE on the clicked error components, averaged over the passes that clicked.
+# skel_recall: with --skeleton-weight, the soft recall of the targets' skeletons.
 LOG_COLUMNS = ["step", "loss", "dice", "soft_dice", "bce", "samples_per_s", "s_per_step", "wait_s", "sim_s", "lr",
                "clicked", "elapsed_s", "val_dsc_auc_box", "val_dsc_final_box", "val_dsc_auc_nobox", "val_dsc_final_nobox",
-               *GROUPS, "focus_bce"]
+               *GROUPS, "focus_bce", "skel_recall"]
 
 
 # ---------------------------------------------------------------------- processes and devices
@@ -465,6 +466,11 @@ def train_step(tr: Trainer) -> dict[str, float]:
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         target = b["target"].to(dev, non_blocking=True)
+        skeleton = None
+        if cfg.skeleton_weight > 0:
+            with record_function("skeleton"):
+                skel = np.stack([tubed_skeleton(t) for t in b["target"].numpy()])
+                skeleton = torch.from_numpy(skel).to(dev, non_blocking=True)
         rng = np.random.default_rng([cfg.seed, 1, tr.dist.rank, tr.step, a])
         with record_function("simulate_prompts"):
             x, sim = simulate_prompts(predict, x, target, b["has_box"], rng, cfg.p_click, cfg.click_rounds,
@@ -479,7 +485,8 @@ def train_step(tr: Trainer) -> dict[str, float]:
             with tr.autocast():
                 logits = tr.fwd(x)
             focus = None if sim.focus is None else torch.from_numpy(sim.focus).to(dev, non_blocking=True)
-            loss, parts = segmentation_loss(logits, target, cfg.dice_weight, focus, cfg.click_focus_weight)
+            loss, parts = segmentation_loss(logits, target, cfg.dice_weight, focus, cfg.click_focus_weight,
+                                            skeleton, cfg.skeleton_weight)
             scaled = loss / cfg.accum
             if tr.scaler is not None:
                 tr.scaler.scale(scaled).backward()
