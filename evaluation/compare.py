@@ -86,6 +86,7 @@ def clicks_table(out: Path) -> str:
 
 def structure_sizes(case_path: Path) -> tuple[dict[str, int], dict[str, str]]:
     """Ground-truth voxels per label id (as strings) and names from the sidecar json (id -> name)."""
+    from evaluation.groups import label_names
     from evaluation.harness import load_case
 
     case = load_case(case_path)
@@ -94,7 +95,7 @@ def structure_sizes(case_path: Path) -> tuple[dict[str, int], dict[str, str]]:
     names: dict[str, str] = {}
     sidecar = case_path.with_suffix(".json")
     if sidecar.is_file() and not case.relabelled:
-        names = {str(k): str(v) for k, v in json.loads(sidecar.read_text()).get("labels", {}).items()}
+        names = label_names(sidecar)
     return sizes, names
 
 

@@ -8,7 +8,7 @@ RUN is a folder that `python -m evaluation ... --both-box-modes` wrote. `--by se
 seen when its name (case-insensitive, from the case's `<case>.json` "labels") is a label name of any `*.json`
 under the --train folders; cases labelled by instance (lesion_1, lesion_2, ...) are skipped. `--by thickness`: a
 structure is thin when its thickest point, twice the largest distance from inside it to its surface (in voxels
-of the stored grid, from the case's `gts`), is at most --thin voxels. For each run, box mode and case with both
+of the stored grid, from the case's `gts` as the harness scored them), is at most --thin voxels. For each run, box mode and case with both
 groups it prints the number of structures and their mean DSC_1 (the first scored step), DSC_Final and DSC_AUC;
 `--list` adds every structure, worst DSC_Final first. It says whether a gap is new anatomy (unseen behind seen)
 or a kind of structure (thin behind thick).
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from evaluation.harness import load_case
 from evaluation.paired import per_structure
 
 
@@ -85,10 +86,14 @@ def first_step_dsc(details: dict) -> dict[str, float]:
     return {}
 
 
-def summarise(details: dict, groups: dict[str, list[str]]) -> dict[str, dict[str, float]]:
-    """group -> {"n", "DSC_1", "DSC_Final", "DSC_AUC"} means over the group's scored structures."""
-    scores = {"DSC_1": first_step_dsc(details), "DSC_Final": per_structure(details, "DSC_Final"),
-              "DSC_AUC": per_structure(details, "DSC_AUC")}
+def structure_scores(details: dict) -> dict[str, dict[str, float]]:
+    """metric -> label id -> score, for DSC_1, DSC_Final and DSC_AUC of one case's harness JSON."""
+    return {"DSC_1": first_step_dsc(details), "DSC_Final": per_structure(details, "DSC_Final"),
+            "DSC_AUC": per_structure(details, "DSC_AUC")}
+
+
+def summarise(scores: dict[str, dict[str, float]], groups: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    """group -> {"n", "DSC_1", "DSC_Final", "DSC_AUC"} means over the group's scored structures (`structure_scores`)."""
     out: dict[str, dict[str, float]] = {}
     for group, ids in groups.items():
         ids = [k for k in ids if k in scores["DSC_Final"]]
@@ -97,19 +102,20 @@ def summarise(details: dict, groups: dict[str, list[str]]) -> dict[str, dict[str
     return out
 
 
-def case_groups(case: Path, by: str, seen: set[str], thin: float, cache: dict) -> dict[str, list[str]] | None:
-    """The two groups of one held-out case (`case` = its .npz path), or None where they say nothing."""
+def case_groups(case: Path, by: str, seen: set[str], thin: float, relabelled: bool,
+                cache: dict) -> dict[str, list[str]] | None:
+    """The two groups of one held-out case (`case` = its .npz path), or None where they say nothing. Label ids
+    are the harness's: where it `relabelled` the ground truth 1..N, the names JSON's ids no longer apply."""
     if by == "seen":
         names_json = case.with_suffix(".json")
-        if not names_json.is_file():
+        if relabelled or not names_json.is_file():
             return None
         labels = label_names(names_json)
         return None if is_instance_labelling(labels) else split_seen(labels, seen)
     if case not in cache:
         if not case.is_file():
             return None
-        with np.load(case) as z:
-            cache[case] = max_thickness(z["gts"])
+        cache[case] = max_thickness(load_case(case).gts)  # the harness's labels, relabelled as it scored them
     return split_thickness(cache[case], thin)
 
 
@@ -132,17 +138,20 @@ def main(argv: list[str] | None = None) -> None:
     for run in args.runs:
         for mode in ("box", "nobox"):
             for path in sorted((run / "cases" / f"{args.setting}_{mode}").glob("*.json")):
-                groups = case_groups(args.cases / f"{path.stem}.npz", args.by, seen, args.thin, cache)
+                details = json.loads(path.read_text())
+                groups = case_groups(args.cases / f"{path.stem}.npz", args.by, seen, args.thin,
+                                     bool(details.get("relabelled_ground_truth")), cache)
                 if not groups or not all(groups.values()):
                     continue
-                details = json.loads(path.read_text())
-                for group, s in summarise(details, groups).items():
+                scores = structure_scores(details)
+                for group, s in summarise(scores, groups).items():
                     print(f"| {run.name} | {mode} | {path.stem} | {group} | {s['n']} | {s['DSC_1']:.3f} | "
                           f"{s['DSC_Final']:.3f} | {s['DSC_AUC']:.3f} |")
                 if args.list:
                     names_json = args.cases / path.name
-                    labels = label_names(names_json) if names_json.is_file() else {}
-                    final, first = per_structure(details, "DSC_Final"), first_step_dsc(details)
+                    relabelled = bool(details.get("relabelled_ground_truth"))
+                    labels = label_names(names_json) if names_json.is_file() and not relabelled else {}
+                    final, first = scores["DSC_Final"], scores["DSC_1"]
                     for k in sorted(final, key=final.get):
                         group = next((g for g, ids in groups.items() if k in ids), "-")
                         print(f"    {labels.get(k, k)} ({group}): DSC_1 {first.get(k, 0.0):.2f}, "

@@ -57,11 +57,11 @@ class Window:
     @classmethod
     def around(cls, lo, hi, patch, shape, zoom_extra: float = 1.0, min_zoom: float = 1.0) -> "Window":
         """Window centred on the inclusive extent [lo, hi] (z, y, x), sized by the zoom rule times zoom_extra.
-        The zoom is at least `min_zoom`; below 1 the rule's floor drops to it too, so small objects are magnified."""
+        The rule's floor is `min_zoom` (default 1); below 1 small objects are magnified."""
         lo, hi = np.asarray(lo, float), np.asarray(hi, float)
         patch_a = np.asarray(patch, float)
-        zoom = max(zoom_factor(hi - lo + 1, patch_a, floor=min(min_zoom, 1.0)), min_zoom) * zoom_extra
-        smallest = patch_a if min_zoom >= 1.0 else np.maximum(np.round(patch_a * min_zoom), 1.0)
+        zoom = zoom_factor(hi - lo + 1, patch_a, floor=min_zoom) * zoom_extra
+        smallest = np.maximum(np.round(patch_a * min(min_zoom, 1.0)), 1.0)  # the patch unless magnifying
         size = np.maximum(np.round(patch_a * zoom), smallest).astype(int)
         centre = (lo + hi) / 2.0
         start = np.floor(centre - (size - 1) / 2.0 + 0.5).astype(int)

@@ -45,7 +45,7 @@ def test_thickness():
 
 def test_summarise_and_cli(tmp_path, capsys):
     details = _details([None, {"1": 0.2, "2": 0.4}, {"1": 0.6, "2": 0.8}])
-    out = groups.summarise(details, {"seen": ["1"], "unseen": ["2"]})
+    out = groups.summarise(groups.structure_scores(details), {"seen": ["1"], "unseen": ["2"]})
     assert out["seen"]["n"] == 1 and abs(out["seen"]["DSC_1"] - 0.2) < 1e-9
     assert abs(out["unseen"]["DSC_Final"] - 0.8) < 1e-9
     # the CLI over a run folder: one case, no-box mode only
@@ -56,7 +56,7 @@ def test_summarise_and_cli(tmp_path, capsys):
     _names(cases / "CT_x.json", {"1": "liver", "2": "sacrum"})
     gts = np.zeros((12, 12, 12), np.uint8)
     gts[1:11, 1:11, 1:11], gts[0, 0, :] = 1, 2
-    np.savez(cases / "CT_x.npz", gts=gts)
+    np.savez(cases / "CT_x.npz", imgs=np.zeros(gts.shape, np.uint8), gts=gts, spacing=np.ones(3))
     (run / "cases" / "coarse+full_nobox" / "CT_x.json").write_text(json.dumps(details))
     groups.main([str(run), "--cases", str(cases), "--train", str(train), "--list"])
     text = capsys.readouterr().out
@@ -67,3 +67,15 @@ def test_summarise_and_cli(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| run | nobox | CT_x | thin | 1 | 0.400 | 0.800 |" in text
     assert "| run | nobox | CT_x | thick | 1 | 0.200 | 0.600 |" in text
+
+
+def test_relabelled_cases_use_the_harness_ids(tmp_path):
+    gts = np.zeros((12, 12, 12), np.uint8)
+    gts[1:11, 1:11, 1:11], gts[0, 0, :] = 7, 3  # not 1..N: the harness scores them as 1 (label 3) and 2 (label 7)
+    case = tmp_path / "CT_y.npz"
+    np.savez(case, imgs=np.zeros(gts.shape, np.uint8), gts=gts, spacing=np.ones(3))
+    _names(tmp_path / "CT_y.json", {"3": "rib_left_7", "7": "liver"})
+    thick = groups.case_groups(case, "thickness", set(), 4.0, True, {})
+    assert thick == {"thin": ["1"], "thick": ["2"]}
+    assert groups.case_groups(case, "seen", {"liver"}, 4.0, True, {}) is None  # the names' ids no longer apply
+    assert groups.case_groups(case, "seen", {"liver"}, 4.0, False, {}) == {"seen": ["7"], "unseen": ["3"]}
