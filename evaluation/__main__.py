@@ -78,7 +78,7 @@ def build_predictors(args: argparse.Namespace) -> list[Predictor]:
                     from inference.predictor import Predictor as ModelPredictor
                     from inference.settings import predictor_options
 
-                    loaded = load_model(args.checkpoint)
+                    loaded = load_model(args.checkpoint, routes=True)
                     for setting in [t.strip() for t in args.settings.split(",") if t.strip()]:
                         model = ModelPredictor(loaded, **predictor_options(setting))
                         predictors.append(InProcessPredictor.from_model(model, name=setting))

@@ -104,7 +104,8 @@ def run_cases(args: argparse.Namespace, cases: list[Path], first: int = 0, repor
                                              "SEGFM_INTENSITY": args.intensity, "SEGFM_GRAPHCUT": args.graphcut,
                                              "SEGFM_VOLUME_WEIGHT": volume_weight_text(args.volume_weight)}))
     if not args.quiet:
-        print(f"model {predictor.model.source} on {predictor.device} loaded in {time.time() - t_load:.2f} s "
+        routes = "".join(f", {m} cases: {r.source}" for m, r in predictor.model.routes.items())
+        print(f"model {predictor.model.source}{routes} on {predictor.device} loaded in {time.time() - t_load:.2f} s "
               f"({time.time() - process_start:.2f} s since start)", file=sys.stderr)
     failures = 0
     for i in range(first, len(cases)):

@@ -11,10 +11,15 @@ A native checkpoint is one file loaded with `torch.load(weights_only=True)`:
 With members > 1 (absent: 1) the file is an `Ensemble` of n networks of that architecture whose logits are
 averaged (`python -m training.average --ensemble`); inference treats it as one network.
 nnInteractive v1.0's published folder (`plans.json`, `fold_*/checkpoint_final.pth`) loads too.
+
+Modality routes: beside a checkpoint file `X.pt`, a file `X.<MODALITY>.pt` (e.g. `default.CT.pt`) replaces it
+for the cases whose name starts with `<MODALITY>_`, the challenge's naming (`CT_AbdTumor_0001.npz`);
+`load_model(path, routes=True)` loads them into `LoadedModel.routes`, `LoadedModel.for_case` picks one.
 """
 from __future__ import annotations
 
 import copy
+import glob
 import json
 import os
 from dataclasses import dataclass, field
@@ -159,6 +164,11 @@ class LoadedModel:
     arch: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    routes: dict[str, "LoadedModel"] = field(default_factory=dict)  # modality -> the model for its cases
+
+    def for_case(self, name: str) -> "LoadedModel":
+        """The model for a case file name: its modality's route, else this one."""
+        return self.routes.get(case_modality(name), self)
 
     @property
     def divisor(self) -> tuple[int, int, int]:
@@ -293,8 +303,28 @@ def _from_nninteractive_folder(folder: Path, fold: str | None = None) -> LoadedM
     return LoadedModel(net, tuple(int(v) for v in conf["patch_size"]), arch, meta, str(folder))
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a native checkpoint file or an nnInteractive v1.0 folder; the network is in eval mode."""
+def case_modality(name: str) -> str:
+    """The modality prefix of a challenge case file name ('CT' of 'CT_AbdTumor_0001.npz'); '' without one."""
+    base = Path(name).name
+    return base.split("_", 1)[0] if "_" in base else ""
+
+
+def route_paths(path: str | os.PathLike) -> dict[str, Path]:
+    """The modality routes of a checkpoint file `X.pt`: {modality: `X.<modality>.pt`} for those that exist."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    routes = {}
+    for p in sorted(path.parent.glob(f"{glob.escape(path.stem)}.*{glob.escape(path.suffix)}")):
+        modality = p.name[len(path.stem) + 1:len(p.name) - len(path.suffix)]
+        if modality and "." not in modality and p.is_file():
+            routes[modality] = p
+    return routes
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", routes: bool = False) -> LoadedModel:
+    """Load a native checkpoint file or an nnInteractive v1.0 folder; the network is in eval mode. With
+    `routes`, the file's modality routes (`X.<MODALITY>.pt` beside it, module docstring) come in `.routes`."""
     path = Path(path)
     if path.is_dir():
         model = _from_nninteractive_folder(path)
@@ -311,4 +341,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     else:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     model.net.to(device).eval()
+    if routes:
+        model.routes = {modality: load_model(p, device) for modality, p in route_paths(path).items()}
     return model

@@ -299,8 +299,9 @@ class Predictor:
         self._autocast = P.autocast(self.device, self.precision)
         if self.device.type == "cpu":
             configure_cpu_threads()
-        self.model = model
-        self.model.net.to(self.device).eval()
+        self.model = model  # the default; `predict_case` swaps in the case's modality route (model.routes)
+        for m in (model, *model.routes.values()):
+            m.net.to(self.device).eval()
         self.max_zoom_outs = max_zoom_outs
         self.zoom_out_factor = zoom_out_factor
         self.per_class_run_s = per_class_run_s
@@ -332,7 +333,7 @@ class Predictor:
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device=None, **kw) -> "Predictor":
         path = Path(path) if path is not None else Path(os.environ.get("SEGFM_WEIGHTS", DEFAULT_WEIGHTS))
         dev = torch.device(device) if device is not None else default_device()
-        return cls(load_model(path, dev), dev, **kw)
+        return cls(load_model(path, dev, routes=True), dev, **kw)
 
     # ------------------------------------------------------------------ one network run
     @torch.inference_mode()
@@ -489,7 +490,15 @@ class Predictor:
 
     # ------------------------------------------------------------------ one case
     def predict_case(self, case: Case, budget: B.Budget | None = None) -> np.ndarray:
-        """The uint8 (z, y, x) label map of all classes of a case."""
+        """The uint8 (z, y, x) label map of all classes of a case, by the model of the case's modality."""
+        default = self.model
+        self.model = default.for_case(case.name)
+        try:
+            return self._predict_case(case, budget)
+        finally:
+            self.model = default
+
+    def _predict_case(self, case: Case, budget: B.Budget | None) -> np.ndarray:
         budget = budget or B.Budget(case.num_classes, per_class_run_s=self.per_class_run_s)
         stats = image_stats(case.image)
         fusion = ProductBackgroundFusion(case.shape, self.volume_weight)

@@ -267,3 +267,34 @@ def test_cpu_threads_honours_omp_num_threads():
     from inference.predictor import cpu_threads
     assert cpu_threads({"OMP_NUM_THREADS": "1"}) == 1
     assert cpu_threads({"OMP_NUM_THREADS": "junk"}) >= 1 and cpu_threads({}) >= 1
+
+
+def _silent(model):
+    """A model whose network says background everywhere (its last layer: zero weights, background bias)."""
+    last = model.net.decoder.seg_layers[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([10.0, -10.0]))
+    return model
+
+
+def test_modality_routes_replace_the_model_for_their_cases(tmp_path):
+    from inference.network import case_modality, load_model, route_paths, save_checkpoint
+    from inference.predictor import load_predictor
+
+    save_checkpoint(new_model("tiny", seed=1), tmp_path / "w.pt")
+    save_checkpoint(_silent(new_model("tiny", seed=2)), tmp_path / "w.CT.pt")
+    save_checkpoint(new_model("tiny", seed=3), tmp_path / "w.CT.old.pt")  # not a route: two dots
+    save_checkpoint(new_model("tiny", seed=4), tmp_path / "other.MR.pt")  # another checkpoint's route
+    assert case_modality("CT_AbdTumor_0001.npz") == "CT" and case_modality("case.npz") == ""
+    assert route_paths(tmp_path / "w.pt") == {"CT": tmp_path / "w.CT.pt"}
+    p = load_predictor(tmp_path / "w.pt", "cpu", max_zoom_outs=0, intensity=None)
+    assert set(p.model.routes) == {"CT"} and p.model.for_case("MR_x.npz") is p.model
+    data = {"imgs": np.random.default_rng(0).integers(0, 255, (20, 40, 40), dtype=np.uint8), "spacing": np.ones(3),
+            "boxes": [{"z_min": 2, "z_max": 12, "z_mid": 7, "z_mid_x_min": 5, "z_mid_y_min": 4, "z_mid_x_max": 30,
+                       "z_mid_y_max": 30}]}
+    routed = p.predict(data, "CT_case.npz")
+    plain = p.predict(data, "MR_case.npz")
+    assert plain.any() and not routed.any()  # the CT route says background everywhere
+    assert p.model.source.endswith("w.pt")  # the default is back after the routed case
+    assert not load_model(tmp_path / "w.pt").routes  # training and averaging load no routes
