@@ -330,10 +330,13 @@ class Predictor:
             require_maxflow()  # fail at start, not at the first object
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike | None = None, device=None, **kw) -> "Predictor":
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, device=None, routes: bool = True,
+                        **kw) -> "Predictor":
+        """With `routes` (default) the checkpoint's modality routes too (inference/network.py), which only
+        `predict_case` reads: a caller that never predicts whole cases (the server) passes routes=False."""
         path = Path(path) if path is not None else Path(os.environ.get("SEGFM_WEIGHTS", DEFAULT_WEIGHTS))
         dev = torch.device(device) if device is not None else default_device()
-        return cls(load_model(path, dev, routes=True), dev, **kw)
+        return cls(load_model(path, dev, routes=routes), dev, **kw)
 
     # ------------------------------------------------------------------ one network run
     @torch.inference_mode()
@@ -542,6 +545,8 @@ class Predictor:
         return self.predict_case(parse_case(data, name))
 
 
-def load_predictor(checkpoint_path: str | os.PathLike | None = None, device=None, **kw) -> Predictor:
-    """A ready Predictor for a native checkpoint file or an nnInteractive folder (default: weights/default.pt)."""
-    return Predictor.from_checkpoint(checkpoint_path, device, **kw)
+def load_predictor(checkpoint_path: str | os.PathLike | None = None, device=None, routes: bool = True,
+                   **kw) -> Predictor:
+    """A ready Predictor for a native checkpoint file or an nnInteractive folder (default: weights/default.pt),
+    with the file's modality routes unless `routes` is False."""
+    return Predictor.from_checkpoint(checkpoint_path, device, routes, **kw)

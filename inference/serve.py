@@ -599,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.host)
     t0 = time.time()
     from .settings import env_options
-    predictor = load_predictor(args.checkpoint, args.device, tta=args.tta, **env_options())  # SEGFM_INTENSITY, ...
+    predictor = load_predictor(args.checkpoint, args.device, routes=False, tta=args.tta,  # sessions carry no modality
+                               **env_options())  # SEGFM_INTENSITY, ...
     warm_up(predictor)
     log.info("model %s on %s loaded in %.2f s; serving http://%s:%d (max %d sessions%s)", predictor.model.source,
              predictor.device, time.time() - t0, args.host, args.port, config.max_sessions,

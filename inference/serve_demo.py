@@ -34,7 +34,7 @@ def segment_through_server(image: np.ndarray, gt: np.ndarray, clicks: int, box3d
     zr = [int(zs.min()), int(zs.max()) + 1] if box3d else [z, z + 1]
     box = [zr, [int(ys.min()), int(ys.max()) + 1], [int(xs.min()), int(xs.max()) + 1]]
     placed = []
-    with ServerThread(make_app(load_predictor(checkpoint, "cpu"))) as url:
+    with ServerThread(make_app(load_predictor(checkpoint, "cpu", routes=False))) as url:
         with nnInteractiveRemoteInferenceSession(url) as client:
             client.set_image(image[None], {"spacing": [3.0, 3.0, 3.0]})
             buf = np.zeros(image.shape, np.uint8)

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     from .settings import env_options
 
     options = env_options({"SEGFM_INTENSITY": args.intensity, "SEGFM_GRAPHCUT": args.graphcut})
-    predictor = load_predictor(args.checkpoint, "cpu", intensity=options["intensity"], graphcut=options["graphcut"])
+    predictor = load_predictor(args.checkpoint, "cpu", routes=False, intensity=options["intensity"],
+                               graphcut=options["graphcut"])
     paths = find_cases(args.cases)
     if not paths:
         print(f"no npz volumes under {args.cases} (make data creates data/heldout)", file=sys.stderr)

@@ -298,3 +298,4 @@ def test_modality_routes_replace_the_model_for_their_cases(tmp_path):
     assert plain.any() and not routed.any()  # the CT route says background everywhere
     assert p.model.source.endswith("w.pt")  # the default is back after the routed case
     assert not load_model(tmp_path / "w.pt").routes  # training and averaging load no routes
+    assert not load_predictor(tmp_path / "w.pt", "cpu", routes=False).model.routes  # the server's load
