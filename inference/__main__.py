@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--graphcut", choices=("on", "off"), default=os.environ.get("SEGFM_GRAPHCUT") or "off",
                     help="snap each object's mask to the image's edges with a graph cut (inference/graphcut.py; "
                          "default: $SEGFM_GRAPHCUT or off)")
+    ap.add_argument("--adapt", choices=("on", "off"), default=os.environ.get("SEGFM_ADAPT") or None,
+                    help="at click steps, fine-tune a copy of the network on the object's own clicks before it "
+                         "predicts (inference/adapt.py; default: $SEGFM_ADAPT or the predictor's default)")
     ap.add_argument("--volume-weight", type=float, default=None,
                     help="fusion: a voxel that several classes claim goes to the largest logit(p) - w ln(volume), "
                          "so a structure nested in another's box keeps its voxels (inference/fusion.py; 0: the "
@@ -76,6 +79,8 @@ def worker_command(args: argparse.Namespace, fd: int, skip: int) -> list[str]:
            "--graphcut", args.graphcut, "--worker-fd", str(fd), "--skip", str(skip)]
     if args.volume_weight is not None:
         cmd += ["--volume-weight", repr(args.volume_weight)]
+    if args.adapt is not None:
+        cmd += ["--adapt", args.adapt]
     if args.weights:
         cmd += ["--weights", str(args.weights)]
     if args.device:
@@ -102,6 +107,7 @@ def run_cases(args: argparse.Namespace, cases: list[Path], first: int = 0, repor
                                verbose=not args.quiet, tta=args.tta,
                                **env_options({"SEGFM_REFINE": args.refine, "SEGFM_CLICK_UPDATE": args.click_update,
                                              "SEGFM_INTENSITY": args.intensity, "SEGFM_GRAPHCUT": args.graphcut,
+                                             "SEGFM_ADAPT": args.adapt or "",
                                              "SEGFM_VOLUME_WEIGHT": volume_weight_text(args.volume_weight)}))
     if not args.quiet:
         routes = "".join(f", {m} cases: {r.source}" for m, r in predictor.model.routes.items())

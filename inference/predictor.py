@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from . import budget as B
 from . import precision as P
+from .adapt import AdaptConfig, adapt_and_predict
 from .case_io import Case, parse_case
 from .fallback import add_fallback, fallback_segs  # noqa: F401 - fallback_segs: re-exported
 from .fusion import ProductBackgroundFusion
@@ -206,6 +207,8 @@ DEFAULT_CLICK_UPDATE = "full"  # measured best on the held-out volumes (docs/ref
 DEFAULT_INTENSITY = IntensityConfig()  # what "+intensity" / SEGFM_INTENSITY=on uses
 INTENSITY_BY_DEFAULT = True  # on: docs/intensity.md
 DEFAULT_GRAPHCUT = GraphCutConfig()  # what "+cut" / SEGFM_GRAPHCUT=on uses
+DEFAULT_ADAPT = AdaptConfig()  # what "+adapt" / SEGFM_ADAPT=on uses (inference/adapt.py)
+ADAPT_BY_DEFAULT = False  # the container's default (the server adapts only when SEGFM_ADAPT=on)
 GRAPHCUT_BY_DEFAULT = False  # off: short of the margin set before the held-out run (docs/graphcut.md)
 DEFAULT_CLICK_ZOOM = 1.0  # off: small structures lose what large ones gain (weights/README.md, "One click on a large structure")
 DEFAULT_MIN_ZOOM = 1.0  # the seed paper's rule: small objects at the volume's resolution (magnifying them: docs/refinement.md)
@@ -293,7 +296,8 @@ class Predictor:
                  intensity: IntensityConfig | None = DEFAULT_INTENSITY if INTENSITY_BY_DEFAULT else None,
                  graphcut: GraphCutConfig | None = DEFAULT_GRAPHCUT if GRAPHCUT_BY_DEFAULT else None,
                  volume_weight: float = DEFAULT_VOLUME_WEIGHT, click_zoom: float = DEFAULT_CLICK_ZOOM,
-                 min_zoom: float = DEFAULT_MIN_ZOOM):
+                 min_zoom: float = DEFAULT_MIN_ZOOM,
+                 adapt: AdaptConfig | None = DEFAULT_ADAPT if ADAPT_BY_DEFAULT else None):
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = P.resolve(self.device, precision)  # $SEGFM_PRECISION when None
         self._autocast = P.autocast(self.device, self.precision)
@@ -319,6 +323,7 @@ class Predictor:
         self.pin_clicks = pin_clicks  # challenge cases: clicked voxels keep the organizer's answer (pin_clicks)
         self.intensity = intensity  # None: the network's probabilities as they are (inference/intensity.py)
         self.graphcut = graphcut  # None: no edge snapping (inference/graphcut.py)
+        self.adapt = adapt  # None: no per-window fine-tuning at click steps (inference/adapt.py)
         self.volume_weight = volume_weight  # which class a voxel several classes claim gets (inference/fusion.py)
         if not click_zoom >= 1.0:
             raise ValueError(f"click_zoom must be >= 1, not {click_zoom}")
@@ -352,13 +357,18 @@ class Predictor:
         mean = sum(torch.flip(p, list(f)) if f else p for p, f in zip(probs, flips)) / len(flips)
         return mean.cpu()
 
-    def predict_window(self, query: "ObjectQuery", window: Window, tta: int = 1) -> torch.Tensor:
-        """Foreground probabilities (patch, z, y, x) of one object inside `window`, moved by the window's
-        intensities when the intensity step is on (inference/intensity.py), then snapped to its edges when the
-        graph-cut step is on (inference/graphcut.py; a zoomed-out window with `native` is cut after the coarse pass)."""
+    def predict_window(self, query: "ObjectQuery", window: Window, tta: int = 1, adapt: bool = True) -> torch.Tensor:
+        """Foreground probabilities (patch, z, y, x) of one object inside `window`: from a copy of the network
+        fine-tuned on the object's clicks when the adaptation is on and `adapt` allows it (inference/adapt.py),
+        moved by the window's intensities when the intensity step is on (inference/intensity.py), then snapped to
+        its edges when the graph-cut step is on (inference/graphcut.py; a zoomed-out window with `native` is cut
+        after the coarse pass)."""
         x = encode(window, query.image, query.stats, query.prompts, query.prev_mask, query.prev_label,
                    query.prev_probs, query.prev_origin)
         probs = self.run_network(x, tta)
+        if adapt and self.adapt is not None:
+            adapted = adapt_and_predict(self.model.net, x, probs, self.adapt, self._autocast, self.device)
+            probs = adapted if adapted is not None else probs
         cut_here = self.graphcut is not None and not self._cut_natively(window)
         if self.intensity is None and not cut_here:
             return probs
@@ -376,13 +386,13 @@ class Predictor:
         return self.graphcut is not None and self.graphcut.native and not window.native_resolution
 
     def _timed_window(self, query: "ObjectQuery", window: Window, tta: int, budget: B.Budget | None,
-                      counter: list[int]) -> torch.Tensor:
+                      counter: list[int], adapt: bool = True) -> torch.Tensor:
         """predict_window, its cost (by the budget's clock) recorded in the budget and counted in counter[0]."""
         if budget is None:
             counter[0] += 1
-            return self.predict_window(query, window, tta)
+            return self.predict_window(query, window, tta, adapt=adapt)
         t0 = budget.clock()
-        probs = self.predict_window(query, window, tta)
+        probs = self.predict_window(query, window, tta, adapt=adapt)
         budget.record_run(budget.clock() - t0)
         counter[0] += 1
         return probs
@@ -421,11 +431,12 @@ class Predictor:
             return None
         runs = [0]
         local = None
+        adapt = level <= B.FULL  # the per-window fine-tuning is the first thing a short budget drops
         if (self.click_update != "full" and level <= B.NO_ZOOM and query.new_click is not None
                 and query.prev_mask is not None and query.prev_slices is not None
                 and zoom_factor(extent[1] - extent[0] + 1, self.model.patch_size) <= self.local.max_object_zoom):
             patch_window = click_window(query.new_click, self.model.patch_size, query.image.shape, self.local.zoom)
-            local_probs = self._timed_window(query, patch_window, self.tta, budget, runs)
+            local_probs = self._timed_window(query, patch_window, self.tta, budget, runs, adapt)
             local = (patch_window, local_probs)
             crop = patch_window.crop_nearest(query.prev_mask)
             old = crop == query.prev_label if query.prev_label is not None else crop != 0
@@ -433,13 +444,13 @@ class Predictor:
             if self.click_update == "local" and not changed:
                 self._record_refined(level, budget, runs)
                 return ObjectUpdate(patch_window, local_probs, True, runs[0])
-        window, probs = self._coarse(query, extent, level, budget, runs)
+        window, probs = self._coarse(query, extent, level, budget, runs, adapt)
         if level == B.REFINE and self.refine is not None:
             tile_prompts = prompts if self.refine.box_in_tiles else dataclasses.replace(prompts, box=None)
 
             def tile(tile_window: Window, prev: np.ndarray, origin) -> torch.Tensor:
                 tile_query = dataclasses.replace(query, prompts=tile_prompts, prev_probs=prev, prev_origin=tuple(origin))
-                return self._timed_window(tile_query, tile_window, self.tta, budget, runs)
+                return self._timed_window(tile_query, tile_window, self.tta, budget, runs, adapt)
 
             refined = refine(tile, window, probs, self.refine,
                              keep_going=(lambda: budget.affords(B.REFINE)) if budget is not None else (lambda: True))
@@ -462,7 +473,7 @@ class Predictor:
             budget.record_refined(runs[0])
 
     def _coarse(self, query: "ObjectQuery", extent, level: int, budget: B.Budget | None,
-                runs: list[int]) -> tuple[Window, torch.Tensor]:
+                runs: list[int], adapt: bool = True) -> tuple[Window, torch.Tensor]:
         """The coarse pass: the zoom-rule window around the extent, grown while the mask touches its border."""
         patch = self.model.patch_size
         if level == B.REDUCED:
@@ -472,14 +483,14 @@ class Predictor:
         window = Window.around(extent[0], extent[1], patch, query.image.shape, zoom_extra, min_zoom=self.min_zoom)
         if level == B.REDUCED:  # the reduced level is for saving time: no TTA, not a typical run's cost
             runs[0] += 1
-            return window, self.predict_window(query, window, 1)
-        probs = self._timed_window(query, window, self.tta, budget, runs)
+            return window, self.predict_window(query, window, 1, adapt=False)
+        probs = self._timed_window(query, window, self.tta, budget, runs, adapt)
         zoom_outs = 0
         while (level <= B.FULL and zoom_outs < self.max_zoom_outs and touches_border(probs > 0.5, window)):
             bigger = window.zoomed(self.zoom_out_factor)
             if bigger.size == window.size or (budget is not None and budget.level(1) > B.FULL):
                 break
-            window, probs = bigger, self._timed_window(query, bigger, self.tta, budget, runs)
+            window, probs = bigger, self._timed_window(query, bigger, self.tta, budget, runs, adapt)
             zoom_outs += 1
         return window, probs
 

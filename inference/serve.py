@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     from .settings import env_options
     predictor = load_predictor(args.checkpoint, args.device, routes=False, tta=args.tta,  # sessions carry no modality
-                               **env_options())  # SEGFM_INTENSITY, ...
+                               **env_options(adapt_by_default=False))  # SEGFM_INTENSITY, ...; adapting only on request
     warm_up(predictor)
     log.info("model %s on %s loaded in %.2f s; serving http://%s:%d (max %d sessions%s)", predictor.model.source,
              predictor.device, time.time() - t0, args.host, args.port, config.max_sessions,

@@ -6,14 +6,16 @@ A setting is `coarse` or `refine`, then optionally `+full`, `+local` or `+both` 
 mask; default `+anchor`: on the positive prompts and the previous components they touch), `+nopin` (leave a
 challenge class's clicked voxels to the network; default `+pin`: foreground clicks 1, background clicks 0), `+tta=N` (N mirrored copies averaged per network run), `+nointensity` (the network's probabilities as they are;
 default `+intensity`: moved by the object's intensity histogram, inference/intensity.py), `+cut` (the mask
-snapped to the image's edges by a graph cut, inference/graphcut.py; default `+nocut`) and `+field=value` items
+snapped to the image's edges by a graph cut, inference/graphcut.py; default `+nocut`), `+adapt` (at click steps a
+copy of the network fine-tuned on the object's clicks, inference/adapt.py; default `+noadapt`) and `+field=value` items
 that override fields of `RefineConfig` (refinement), `LocalConfig` (prefixed `local.`), `IntensityConfig`
-(prefixed `intensity.`) or `GraphCutConfig` (prefixed `cut.`), or set `volume_weight=w` (the fusion's
+(prefixed `intensity.`), `GraphCutConfig` (prefixed `cut.`) or `AdaptConfig` (prefixed `adapt.`), or set `volume_weight=w` (the fusion's
 overlap rule, inference/fusion.py) or `click_zoom=z` (the first window of an object prompted by clicks alone is
 z times the zoom rule's; default 1, measured in the model card's "One click on a large structure") or
 `min_zoom=m` (m < 1: the coarse window of a small object is magnified, down to zoom m; default 1), e.g.
 `refine+both+max_tiles=4+soft_prev=0`. The container reads `SEGFM_REFINE` (on/off), `SEGFM_CLICK_UPDATE`
-(full/local/both), `SEGFM_INTENSITY` (on/off), `SEGFM_GRAPHCUT` (on/off) and `SEGFM_VOLUME_WEIGHT` (a number >= 0).
+(full/local/both), `SEGFM_INTENSITY` (on/off), `SEGFM_GRAPHCUT` (on/off), `SEGFM_ADAPT` (on/off) and
+`SEGFM_VOLUME_WEIGHT` (a number >= 0).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import os
 from typing import Any
 
 from .local_update import LocalConfig
-from .predictor import (CLICK_UPDATES, DEFAULT_CLICK_UPDATE, DEFAULT_GRAPHCUT, DEFAULT_INTENSITY, DEFAULT_REFINE,
+from .predictor import (ADAPT_BY_DEFAULT, DEFAULT_ADAPT, CLICK_UPDATES, DEFAULT_CLICK_UPDATE, DEFAULT_GRAPHCUT, DEFAULT_INTENSITY, DEFAULT_REFINE,
                         DEFAULT_VOLUME_WEIGHT, GRAPHCUT_BY_DEFAULT, INTENSITY_BY_DEFAULT, REFINE_BY_DEFAULT)
 
 
@@ -57,6 +59,7 @@ def predictor_options(name: str) -> dict[str, Any]:
     pin = True
     intensity = DEFAULT_INTENSITY if INTENSITY_BY_DEFAULT else None
     graphcut = DEFAULT_GRAPHCUT if GRAPHCUT_BY_DEFAULT else None
+    adapt = DEFAULT_ADAPT if ADAPT_BY_DEFAULT else None
     options: dict[str, Any] = {}
     for part in parts[1:]:
         if part in CLICK_UPDATES:
@@ -69,6 +72,8 @@ def predictor_options(name: str) -> dict[str, Any]:
             pin = part == "pin"
         elif part in ("intensity", "nointensity"):
             intensity = (intensity or DEFAULT_INTENSITY) if part == "intensity" else None
+        elif part in ("adapt", "noadapt"):
+            adapt = (adapt or DEFAULT_ADAPT) if part == "adapt" else None
         elif part in ("cut", "nocut"):
             graphcut = (graphcut or DEFAULT_GRAPHCUT) if part == "cut" else None
         elif "=" in part:
@@ -81,6 +86,8 @@ def predictor_options(name: str) -> dict[str, Any]:
                 options["volume_weight"] = parse_volume_weight(text, f"setting {name!r}: volume_weight")
             elif key.startswith("intensity."):
                 intensity = _override(intensity or DEFAULT_INTENSITY, key[len("intensity."):], text)
+            elif key.startswith("adapt."):
+                adapt = _override(adapt or DEFAULT_ADAPT, key[len("adapt."):], text)
             elif key.startswith("cut."):
                 graphcut = _override(graphcut or DEFAULT_GRAPHCUT, key[len("cut."):], text)
             elif key.startswith("local."):
@@ -93,7 +100,7 @@ def predictor_options(name: str) -> dict[str, Any]:
             raise ValueError(f"setting {name!r}: unknown part {part!r}")
     return {"refine": refine, "click_update": click_update, "local": local, "box_z_clip": box_z_clip,
             "anchored_extent": anchored_extent, "pin_clicks": pin, "intensity": intensity, "graphcut": graphcut,
-            **options}
+            "adapt": adapt, **options}
 
 
 def _switch(env: dict[str, str], name: str, default: bool) -> bool:
@@ -120,10 +127,12 @@ def parse_volume_weight(text: str, what: str = "SEGFM_VOLUME_WEIGHT") -> float:
     return value
 
 
-def env_options(environ: dict[str, str] | None = None) -> dict[str, Any]:
+def env_options(environ: dict[str, str] | None = None, adapt_by_default: bool = ADAPT_BY_DEFAULT) -> dict[str, Any]:
     """Predictor keyword arguments from $SEGFM_REFINE (on/off, default off), $SEGFM_CLICK_UPDATE,
-    $SEGFM_INTENSITY (on/off, default on), $SEGFM_GRAPHCUT (on/off, default off) and $SEGFM_VOLUME_WEIGHT."""
+    $SEGFM_INTENSITY (on/off, default on), $SEGFM_GRAPHCUT (on/off, default off), $SEGFM_ADAPT (on/off, default
+    `adapt_by_default`: the container's default, off for the interactive server) and $SEGFM_VOLUME_WEIGHT."""
     env = os.environ if environ is None else environ
+    adapt = _switch(env, "SEGFM_ADAPT", adapt_by_default)
     refine = _switch(env, "SEGFM_REFINE", REFINE_BY_DEFAULT)
     intensity = _switch(env, "SEGFM_INTENSITY", INTENSITY_BY_DEFAULT)
     graphcut = _switch(env, "SEGFM_GRAPHCUT", GRAPHCUT_BY_DEFAULT)
@@ -132,4 +141,5 @@ def env_options(environ: dict[str, str] | None = None) -> dict[str, Any]:
         raise ValueError(f"SEGFM_CLICK_UPDATE must be one of {', '.join(CLICK_UPDATES)}, not {click!r}")
     return {"refine": DEFAULT_REFINE if refine else None, "click_update": click,
             "intensity": DEFAULT_INTENSITY if intensity else None, "graphcut": DEFAULT_GRAPHCUT if graphcut else None,
+            "adapt": DEFAULT_ADAPT if adapt else None,
             "volume_weight": parse_volume_weight(env.get("SEGFM_VOLUME_WEIGHT", ""))}

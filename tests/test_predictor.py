@@ -18,7 +18,7 @@ class ScriptedPredictor(Predictor):
         self.response = response
         self.windows = []
 
-    def predict_window(self, query, window, tta=1):
+    def predict_window(self, query, window, tta=1, adapt=True):
         self.windows.append(window)
         if self.response == "all":
             return torch.ones(window.patch)
@@ -157,7 +157,7 @@ class SlowPredictor(ScriptedPredictor):
         super().__init__(**kw)
         self.clock = clock
 
-    def predict_window(self, query, window, tta=1):
+    def predict_window(self, query, window, tta=1, adapt=True):
         self.clock.t += 5.0  # every network run costs 5 s
         return super().predict_window(query, window)
 

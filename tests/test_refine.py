@@ -7,7 +7,8 @@ from inference import budget as B
 from inference.case_io import parse_case
 from inference.local_update import LocalConfig, click_window, extent_changed
 from inference.network import CHANNELS, new_model
-from inference.predictor import DEFAULT_GRAPHCUT, DEFAULT_INTENSITY, DEFAULT_VOLUME_WEIGHT, ObjectQuery, Predictor
+from inference.predictor import (ADAPT_BY_DEFAULT, DEFAULT_ADAPT, DEFAULT_GRAPHCUT, DEFAULT_INTENSITY, DEFAULT_VOLUME_WEIGHT,
+                                 ObjectQuery, Predictor)
 from inference.prompts import ClassPrompts, encode, image_stats
 from inference.refine import RefineConfig, band_points, boundary_band, paste_into, plan_tiles, refine
 from inference.settings import env_options, predictor_options
@@ -56,7 +57,7 @@ class FakeNetwork(Predictor):
         super().__init__(new_model("tiny"), "cpu", **kw)
         self.respond, self.clock, self.windows = respond, clock, []
 
-    def predict_window(self, query, window, tta=1):
+    def predict_window(self, query, window, tta=1, adapt=True):
         self.windows.append(window)
         if self.clock is not None:
             self.clock.t += 1.0
@@ -205,7 +206,8 @@ def test_budget_drops_refinement_first_under_a_slow_network():
 def test_settings_names_and_environment():
     assert predictor_options("coarse+full") == {"refine": None, "click_update": "full", "local": LocalConfig(),
                                                 "box_z_clip": True, "anchored_extent": True, "pin_clicks": True,
-                                                "intensity": DEFAULT_INTENSITY, "graphcut": None}
+                                                "intensity": DEFAULT_INTENSITY, "graphcut": None,
+                                                "adapt": DEFAULT_ADAPT if ADAPT_BY_DEFAULT else None}
     assert predictor_options("coarse+noanchor")["anchored_extent"] is False
     assert predictor_options("coarse+nopin")["pin_clicks"] is False
     opts = predictor_options("coarse+nozclip+tta=4")
@@ -219,7 +221,10 @@ def test_settings_names_and_environment():
         predictor_options("refine+bogus=1")
     assert env_options({"SEGFM_REFINE": "off", "SEGFM_CLICK_UPDATE": "full"}) == {
         "refine": None, "click_update": "full", "intensity": DEFAULT_INTENSITY, "graphcut": None,
-        "volume_weight": DEFAULT_VOLUME_WEIGHT}
+        "adapt": DEFAULT_ADAPT if ADAPT_BY_DEFAULT else None, "volume_weight": DEFAULT_VOLUME_WEIGHT}
+    assert env_options({"SEGFM_ADAPT": "on"})["adapt"] == DEFAULT_ADAPT
+    assert env_options({}, adapt_by_default=False)["adapt"] is None  # the server's default
+    assert predictor_options("coarse+full+noadapt")["adapt"] is None
     assert env_options({"SEGFM_VOLUME_WEIGHT": "0.5"})["volume_weight"] == 0.5
     assert predictor_options("coarse+full+volume_weight=0.25")["volume_weight"] == 0.25
     assert predictor_options("coarse+full+click_zoom=2")["click_zoom"] == 2.0

@@ -34,7 +34,7 @@ class BoxChannelPredictor(Predictor):
         super().__init__(new_model("tiny"), "cpu", max_zoom_outs=0)
         self.queries = []
 
-    def predict_window(self, query, window, tta=1):
+    def predict_window(self, query, window, tta=1, adapt=True):
         self.queries.append(query)
         return encode(window, query.image, query.stats, query.prompts)[2].clone()
 
