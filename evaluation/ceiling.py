@@ -26,7 +26,7 @@ def round_trip(mask: np.ndarray, patch: tuple[int, int, int]) -> tuple[np.ndarra
     """A bool mask (z, y, x) after window crop + paste at the zoom rule around its bounding box, and that zoom."""
     idx = np.argwhere(mask)
     window = Window.around(idx.min(0), idx.max(0), patch, mask.shape)
-    soft = window.crop(mask, transform=lambda v: v.astype(bool))
+    soft = window.crop(mask)  # bool in, float32 out: the mask's share of each patch voxel
     back = np.zeros(mask.shape, np.float32)
     for region, values in window.paste(soft):
         back[region] = values

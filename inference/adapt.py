@@ -92,6 +92,7 @@ def adapt_and_predict(net: torch.nn.Module, x: torch.Tensor, probs0: torch.Tenso
     sure = (p0 >= cfg.confident) | (p0 <= 1.0 - cfg.confident)
     anchor_target = (p0 >= 0.5).float()
     shape = tuple(x.shape[1:])
+    balls = [ball_mask(shape, [p], cfg.ball).to(device) for p, _ in clicks]  # each click's supervised voxels
     with torch.enable_grad():
         for _ in range(cfg.steps):
             left_out = rng.random(len(clicks)) < cfg.drop
@@ -102,9 +103,8 @@ def adapt_and_predict(net: torch.nn.Module, x: torch.Tensor, probs0: torch.Tenso
             inp = redraw_clicks(x, kept_pos, kept_neg).to(device)[None]
             target = torch.zeros(shape, device=device)
             weight = torch.zeros(shape, device=device)
-            for (p, v), o in zip(clicks, left_out):
+            for (_, v), m, o in zip(clicks, balls, left_out):
                 if o:
-                    m = ball_mask(shape, [p], cfg.ball).to(device)
                     target[m] = v
                     weight[m] = 1.0
             n_click = float(weight.sum().clamp(min=1.0))

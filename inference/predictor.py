@@ -207,9 +207,9 @@ DEFAULT_CLICK_UPDATE = "full"  # measured best on the held-out volumes (docs/ref
 DEFAULT_INTENSITY = IntensityConfig()  # what "+intensity" / SEGFM_INTENSITY=on uses
 INTENSITY_BY_DEFAULT = True  # on: docs/intensity.md
 DEFAULT_GRAPHCUT = GraphCutConfig()  # what "+cut" / SEGFM_GRAPHCUT=on uses
-DEFAULT_ADAPT = AdaptConfig()  # what "+adapt" / SEGFM_ADAPT=on uses (inference/adapt.py)
-ADAPT_BY_DEFAULT = False  # the container's default (the server adapts only when SEGFM_ADAPT=on)
 GRAPHCUT_BY_DEFAULT = False  # off: short of the margin set before the held-out run (docs/graphcut.md)
+DEFAULT_ADAPT = AdaptConfig()  # what "+adapt" / SEGFM_ADAPT=on uses (inference/adapt.py)
+ADAPT_BY_DEFAULT = False  # off: lesions lost and 4 s per object and click (docs/adapt.md); the server only on request
 DEFAULT_CLICK_ZOOM = 1.0  # off: small structures lose what large ones gain (weights/README.md, "One click on a large structure")
 DEFAULT_MIN_ZOOM = 1.0  # the seed paper's rule: small objects at the volume's resolution (magnifying them: docs/refinement.md)
 DEFAULT_VOLUME_WEIGHT = 0.0  # off: +0.0045 held-out mean against a 0.005 margin set before the run; 0.5 opt-in (docs/fusion.md)
