@@ -279,6 +279,11 @@ def box_z_range(case: Case, c: int) -> tuple[int, int] | None:
     return min(zs), max(zs)
 
 
+def trained_anisotropy(model: LoadedModel) -> float:
+    """The window anisotropy a checkpoint was trained with (`--window-anisotropy`; 1, isotropic, when unrecorded)."""
+    return float(model.meta.get("train_config", {}).get("window_anisotropy", 1.0))
+
+
 def reduced_patch(patch: tuple[int, int, int], divisor: tuple[int, int, int]) -> tuple[int, int, int]:
     """Half the patch per axis, rounded to a multiple of the network's divisor."""
     return tuple(max(d, int(round(p / 2 / d)) * d) for p, d in zip(patch, divisor))
@@ -296,7 +301,7 @@ class Predictor:
                  intensity: IntensityConfig | None = DEFAULT_INTENSITY if INTENSITY_BY_DEFAULT else None,
                  graphcut: GraphCutConfig | None = DEFAULT_GRAPHCUT if GRAPHCUT_BY_DEFAULT else None,
                  volume_weight: float = DEFAULT_VOLUME_WEIGHT, click_zoom: float = DEFAULT_CLICK_ZOOM,
-                 min_zoom: float = DEFAULT_MIN_ZOOM,
+                 min_zoom: float = DEFAULT_MIN_ZOOM, window_anisotropy: float | None = None,
                  adapt: AdaptConfig | None = DEFAULT_ADAPT if ADAPT_BY_DEFAULT else None):
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = P.resolve(self.device, precision)  # $SEGFM_PRECISION when None
@@ -330,6 +335,9 @@ class Predictor:
         if not 0.25 <= min_zoom <= 1.0:
             raise ValueError(f"min_zoom must be in [0.25, 1], not {min_zoom}")
         self.min_zoom = min_zoom  # below 1: coarse windows of small objects magnified down to this zoom
+        if window_anisotropy is not None and not 1.0 <= window_anisotropy <= 4.0:
+            raise ValueError(f"window_anisotropy must be in [1, 4], not {window_anisotropy}")
+        self.window_anisotropy = window_anisotropy  # None: what the checkpoint was trained with (trained_anisotropy)
         self.click_zoom = click_zoom  # first prediction of an object prompted by clicks alone: window this much larger
         if graphcut is not None:
             require_maxflow()  # fail at start, not at the first object
@@ -480,7 +488,9 @@ class Predictor:
             patch = reduced_patch(patch, self.model.divisor)
         first_click = clicks_only(query.prompts) and query.prev_slices is None and query.prev_probs is None
         zoom_extra = self.click_zoom if first_click else 1.0
-        window = Window.around(extent[0], extent[1], patch, query.image.shape, zoom_extra, min_zoom=self.min_zoom)
+        aniso = self.window_anisotropy if self.window_anisotropy is not None else trained_anisotropy(self.model)
+        window = Window.around(extent[0], extent[1], patch, query.image.shape, zoom_extra, min_zoom=self.min_zoom,
+                               anisotropy=aniso)
         if level == B.REDUCED:  # the reduced level is for saving time: no TTA, not a typical run's cost
             runs[0] += 1
             return window, self.predict_window(query, window, 1, adapt=False)

@@ -12,7 +12,9 @@ that override fields of `RefineConfig` (refinement), `LocalConfig` (prefixed `lo
 (prefixed `intensity.`), `GraphCutConfig` (prefixed `cut.`) or `AdaptConfig` (prefixed `adapt.`), or set `volume_weight=w` (the fusion's
 overlap rule, inference/fusion.py) or `click_zoom=z` (the first window of an object prompted by clicks alone is
 z times the zoom rule's; default 1, measured in the model card's "One click on a large structure") or
-`min_zoom=m` (m < 1: the coarse window of a small object is magnified, down to zoom m; default 1), e.g.
+`min_zoom=m` (m < 1: the coarse window of a small object is magnified, down to zoom m; default 1) or `aniso=A`
+(the coarse window's axes zoom differently up to the ratio A, `Window.around(anisotropy=...)`; default: the
+value the checkpoint was trained with, `--window-anisotropy`, 1 for the shipped model), e.g.
 `refine+both+max_tiles=4+soft_prev=0`. The container reads `SEGFM_REFINE` (on/off), `SEGFM_CLICK_UPDATE`
 (full/local/both), `SEGFM_INTENSITY` (on/off), `SEGFM_GRAPHCUT` (on/off), `SEGFM_ADAPT` (on/off) and
 `SEGFM_VOLUME_WEIGHT` (a number >= 0).
@@ -82,6 +84,8 @@ def predictor_options(name: str) -> dict[str, Any]:
                 options["tta"] = int(text)
             elif key in ("click_zoom", "min_zoom"):
                 options[key] = float(text)
+            elif key == "aniso":
+                options["window_anisotropy"] = float(text)
             elif key == "volume_weight":
                 options["volume_weight"] = parse_volume_weight(text, f"setting {name!r}: volume_weight")
             elif key.startswith("intensity."):

@@ -24,6 +24,17 @@ def zoom_factor(extent: np.ndarray, patch: np.ndarray, floor: float = 1.0) -> fl
     return float(max(floor, np.max((np.asarray(extent, float) + np.asarray(patch, float) / 3.0) / patch)))
 
 
+def zoom_factors(extent: np.ndarray, patch: np.ndarray, floor: float = 1.0, anisotropy: float = 1.0) -> np.ndarray:
+    """Per-axis zooms (z, y, x): the seed paper's rule on every axis (`anisotropy` 1, the default), or each axis's
+    own (extent_d + patch_d / 3) / patch_d, at least `floor` and at least the largest zoom / `anisotropy` (> 1:
+    an elongated object keeps more of its cross-section than the isotropic rule leaves it)."""
+    iso = zoom_factor(extent, patch, floor)
+    if anisotropy <= 1.0:
+        return np.full(3, iso)
+    own = np.maximum((np.asarray(extent, float) + np.asarray(patch, float) / 3.0) / patch, floor)
+    return np.maximum(own, iso / anisotropy)
+
+
 Region = tuple[slice, slice, slice]
 
 
@@ -55,12 +66,14 @@ class Window:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def around(cls, lo, hi, patch, shape, zoom_extra: float = 1.0, min_zoom: float = 1.0) -> "Window":
+    def around(cls, lo, hi, patch, shape, zoom_extra: float = 1.0, min_zoom: float = 1.0,
+               anisotropy: float = 1.0) -> "Window":
         """Window centred on the inclusive extent [lo, hi] (z, y, x), sized by the zoom rule times zoom_extra.
-        The rule's floor is `min_zoom` (default 1); below 1 small objects are magnified."""
+        The rule's floor is `min_zoom` (default 1); below 1 small objects are magnified. `anisotropy` > 1 lets the
+        axes' zooms differ up to that ratio (`zoom_factors`)."""
         lo, hi = np.asarray(lo, float), np.asarray(hi, float)
         patch_a = np.asarray(patch, float)
-        zoom = zoom_factor(hi - lo + 1, patch_a, floor=min_zoom) * zoom_extra
+        zoom = zoom_factors(hi - lo + 1, patch_a, floor=min_zoom, anisotropy=anisotropy) * zoom_extra
         smallest = np.maximum(np.round(patch_a * min(min_zoom, 1.0)), 1.0)  # the patch unless magnifying
         size = np.maximum(np.round(patch_a * zoom), smallest).astype(int)
         centre = (lo + hi) / 2.0

@@ -120,6 +120,27 @@ def test_prompts_follow_a_moved_object():
     assert np.subtract(wb.start, wa.start).tolist() == [10, 10, 20]
 
 
+def test_anisotropic_training_windows_are_the_inference_windows():
+    """--window-anisotropy reaches the samples, and a long object's training window (no shift, no extra zoom) is
+    the one inference places on its box: zoomed less across the object than along it."""
+    from training.config import TrainConfig
+    from training.data import sample_window
+
+    assert SampleOptions.from_config(TrainConfig(window_anisotropy=1.5), PATCH).anisotropy == 1.5
+    case = cube_case((120, 60, 60), lo=(5, 20, 20), size=(110, 8, 8))  # 110 voxels along z, 8 across
+    lo, hi = (5, 20, 20), (114, 27, 27)
+    iso = sample_window(lo, hi, PATCH, case.shape, 1.0, np.zeros(3))
+    an = sample_window(lo, hi, PATCH, case.shape, 1.0, np.zeros(3), anisotropy=1.5)
+    assert an == Window.around(lo, hi, PATCH, case.shape, anisotropy=1.5)
+    assert an.size[0] == iso.size[0] and an.size[1] < iso.size[1]
+    opts = opts_for("box", shift_frac=0.0, zoom_aug_max=1.0, anisotropy=1.5)
+    sample = render_sample(case, 1, False, opts, np.random.default_rng(2))
+    across = sample["target"].any(axis=(0, 1)).sum()  # the object's width in the patch, x
+    iso_sample = render_sample(case, 1, False, opts_for("box", shift_frac=0.0, zoom_aug_max=1.0),
+                               np.random.default_rng(2))
+    assert across > iso_sample["target"].any(axis=(0, 1)).sum()
+
+
 def test_a_loosened_box_holds_the_organizers_box_and_repeats_from_its_seed():
     """Loosened boxes (z, y, x, inclusive) contain the tight box, stay inside the patch, grow by at most the
     share asked for, and come out the same from the same seed; p_loose 0 leaves the box and the stream as they were."""

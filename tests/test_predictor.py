@@ -6,8 +6,10 @@ import torch
 from inference import budget as B
 from inference.case_io import parse_case
 from inference.network import new_model
-from inference.predictor import Predictor, anchored_slices, class_prompts, clicks_only, fallback_segs, prompt_extent
+from inference.predictor import (Predictor, anchored_slices, class_prompts, clicks_only, fallback_segs, prompt_extent,
+                                 trained_anisotropy)
 from inference.prompts import image_stats
+from inference.settings import predictor_options
 
 
 class ScriptedPredictor(Predictor):
@@ -96,6 +98,32 @@ def test_click_zoom_widens_only_the_windows_of_objects_prompted_by_clicks_alone(
     assert sizes["box", 1.0] == sizes["box", 2.0]
     with pytest.raises(ValueError):
         ScriptedPredictor(click_zoom=0.5)
+
+
+def test_window_anisotropy_comes_from_the_checkpoint_unless_set():
+    """A model trained with --window-anisotropy places its windows that way; the setting overrides it."""
+    data = {"imgs": np.zeros((200, 200, 200), np.uint8), "spacing": np.ones(3),
+            "boxes": [{"z_min": 10, "z_max": 189, "z_mid": 100, "z_mid_x_min": 95, "z_mid_y_min": 95,
+                       "z_mid_x_max": 99, "z_mid_y_max": 99}]}  # a long thin box along z
+    case = parse_case(data, "CT_long.npz")
+
+    def first_window(**kw):
+        p = ScriptedPredictor("none", max_zoom_outs=0, **kw)
+        p.predict_case(case)
+        return p.windows[0], p
+
+    iso, p = first_window()
+    assert trained_anisotropy(p.model) == 1.0 and len(set(iso.size)) == 1
+    p.model.meta["train_config"] = {"window_anisotropy": 2.0}
+    p.windows = []
+    p.predict_case(case)
+    trained = p.windows[0]
+    assert trained.size[0] == iso.size[0] and trained.size[1] == trained.size[2]
+    assert abs(trained.size[1] - iso.size[1] / 2) <= 1  # half the zoom across the long axis
+    assert first_window(window_anisotropy=2.0)[0] == trained
+    assert predictor_options("coarse+full+aniso=1.5")["window_anisotropy"] == 1.5
+    with pytest.raises(ValueError):
+        ScriptedPredictor(window_anisotropy=0.5)
 
 
 def test_anchored_extent_keeps_the_components_a_positive_prompt_touches():

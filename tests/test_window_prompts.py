@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from inference.network import CHANNELS
 from inference.prompts import ClassPrompts, ball, encode, image_stats
-from inference.window import Window, zoom_factor
+from inference.window import Window, zoom_factor, zoom_factors
 
 
 def test_zoom_rule():
@@ -19,6 +19,30 @@ def test_window_sizing_and_centre():
     assert w.size == tuple([int(round(32 * z))] * 3)
     centre = np.asarray(w.start) + (np.asarray(w.size) - 1) / 2
     assert np.allclose(centre, [59.5, 24.5, 34.5], atol=0.5)
+
+
+def test_anisotropic_windows_keep_an_elongated_objects_cross_section():
+    patch, shape = (64, 64, 64), (400, 200, 200)
+    long_thin = ((0, 90, 90), (299, 99, 99))  # 300 voxels along z, 10 across: the isotropic rule zooms all by 5
+    iso = zoom_factor(np.array([300, 10, 10]), np.array(patch))
+    assert np.allclose(zoom_factors(np.array([300, 10, 10]), np.array(patch)), iso)  # anisotropy 1: the rule
+    z = zoom_factors(np.array([300, 10, 10]), np.array(patch), anisotropy=1.5)
+    assert np.isclose(z[0], iso) and np.allclose(z[1:], iso / 1.5)  # capped at the ratio, not the own zoom 1
+    assert np.allclose(zoom_factors(np.array([300, 10, 10]), np.array(patch), anisotropy=100.0), [iso, 1, 1])
+    w = Window.around(*long_thin, patch, shape, anisotropy=1.5)
+    assert w.size[0] == Window.around(*long_thin, patch, shape).size[0]
+    assert w.size[1] == w.size[2] == round(64 * iso / 1.5)
+    assert np.allclose(w.scale[0] / w.scale[1], 1.5, atol=0.01)
+    cube = ((0, 0, 0), (199, 199, 199))  # a compact object: no axis differs
+    assert Window.around(*cube, patch, shape, anisotropy=1.5) == Window.around(*cube, patch, shape)
+    # the frame mapping holds per axis: a linear field goes into the patch and back unchanged
+    zz, yy, xx = np.meshgrid(np.arange(400), np.arange(200), np.arange(200), indexing="ij")
+    vol = (0.5 * zz + 0.25 * yy - 0.1 * xx).astype(np.float32)
+    back = np.zeros_like(vol)
+    for region, values in w.paste(w.crop(vol)):
+        back[region] = values
+    inner = tuple(slice(r.start + 8, r.stop - 8) for r in w.inside())
+    assert np.allclose(back[inner], vol[inner], atol=1e-2)
 
 
 def test_min_zoom_below_one_magnifies_small_objects_only():

@@ -89,6 +89,8 @@ class TrainConfig:
                                     "inference zoom rule")
     nobox_zoom_max: float = opt(3.0, "no-box windows around the first click: zoom_extra in [1, this] "
                                      "(inference zooms out while the mask touches the border)")
+    window_anisotropy: float = opt(1.0, "windows' axes may zoom differently, up to this ratio (1: the seed paper's "
+                                        "isotropic zoom rule); inference uses the checkpoint's value")
     shift_frac: float = opt(0.08, "random window centre shift, as a fraction of the window size per axis")
     flip: bool = opt(False, "random flips of every axis (off by default, as the paper)")
     intensity_scale: float = opt(0.1, "image channel multiplied by 1 + U(-s, s) (z-scored units)")

@@ -347,6 +347,7 @@ class SampleOptions:
     p_appearance: float = 0.0      # share of real images whose appearance is changed (gamma, bias, ...)
     p_loose_box: float = 0.0       # share of organizer boxes loosened (sides moved out by U(0, loose_box) x extent)
     loose_box: float = 0.25
+    anisotropy: float = 1.0        # windows' axes may zoom differently up to this ratio (inference.window.zoom_factors)
     spatial: SpatialOptions = SpatialOptions()
     appearance: IntensityOptions = IntensityOptions()
     synth: SynthOptions = SynthOptions()
@@ -356,14 +357,17 @@ class SampleOptions:
         return cls(tuple(int(v) for v in patch), cfg.p_no_box, cfg.zoom_aug_max, cfg.nobox_zoom_max,
                    cfg.shift_frac, cfg.flip, cfg.intensity_scale, cfg.intensity_shift, cfg.p_viewer,
                    p_refine=cfg.p_refine, p_spatial=cfg.p_spatial, p_appearance=cfg.p_appearance,
-                   p_loose_box=cfg.p_loose_box, loose_box=cfg.loose_box)
+                   p_loose_box=cfg.p_loose_box, loose_box=cfg.loose_box,
+                   anisotropy=cfg.window_anisotropy)
 
 
-def sample_window(lo, hi, patch: Triple, shape: Triple, zoom_extra: float, shift: np.ndarray) -> Window:
+def sample_window(lo, hi, patch: Triple, shape: Triple, zoom_extra: float, shift: np.ndarray,
+                  anisotropy: float = 1.0) -> Window:
     """Window.around the extent [lo, hi] (z, y, x) with zoom_extra, its centre moved by `shift` x its size."""
-    w = Window.around(lo, hi, patch, shape, zoom_extra=zoom_extra)
+    w = Window.around(lo, hi, patch, shape, zoom_extra=zoom_extra, anisotropy=anisotropy)
     d = np.round(np.asarray(shift, float) * np.asarray(w.size, float))
-    return Window.around(np.asarray(lo, float) + d, np.asarray(hi, float) + d, patch, shape, zoom_extra=zoom_extra)
+    return Window.around(np.asarray(lo, float) + d, np.asarray(hi, float) + d, patch, shape, zoom_extra=zoom_extra,
+                         anisotropy=anisotropy)
 
 
 def draw_prompt_kind(rng: np.random.Generator, opts: SampleOptions) -> str:
@@ -489,7 +493,7 @@ def render_sample(case: CaseData, label: int, paint: bool, opts: SampleOptions,
         box = case.box_of(label)
         lo, hi = tuple(s.start for s in box), tuple(s.stop - 1 for s in box)
         zoom_extra = float(rng.uniform(1.0, opts.zoom_aug_max))
-    window = sample_window(lo, hi, opts.patch, case.shape, zoom_extra, shift)
+    window = sample_window(lo, hi, opts.patch, case.shape, zoom_extra, shift, opts.anisotropy)
     deform = bool(rng.random() < opts.p_spatial) and kind != "refine"  # refinement tiles keep the volume's frame
     frame = window.grown(np.round(np.asarray(opts.patch) * opts.context).astype(int)) if deform else window
     labels = frame.crop_nearest(case.gts)
