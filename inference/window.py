@@ -18,10 +18,15 @@ import torch
 Triple = tuple[int, int, int]
 
 
+def _rule_per_axis(extent: np.ndarray, patch: np.ndarray) -> np.ndarray:
+    """(extent_d + patch_d / 3) / patch_d for each axis (z, y, x): the seed paper's zoom rule before its max."""
+    return (np.asarray(extent, float) + np.asarray(patch, float) / 3.0) / np.asarray(patch, float)
+
+
 def zoom_factor(extent: np.ndarray, patch: np.ndarray, floor: float = 1.0) -> float:
     """The seed paper's rule z = max(max_d (extent_d + patch_d / 3) / patch_d, 1); extent, patch (z, y, x).
     A `floor` below 1 lets small objects be magnified (z < 1: the window smaller than the patch)."""
-    return float(max(floor, np.max((np.asarray(extent, float) + np.asarray(patch, float) / 3.0) / patch)))
+    return float(max(floor, np.max(_rule_per_axis(extent, patch))))
 
 
 def zoom_factors(extent: np.ndarray, patch: np.ndarray, floor: float = 1.0, anisotropy: float = 1.0) -> np.ndarray:
@@ -31,7 +36,7 @@ def zoom_factors(extent: np.ndarray, patch: np.ndarray, floor: float = 1.0, anis
     iso = zoom_factor(extent, patch, floor)
     if anisotropy <= 1.0:
         return np.full(3, iso)
-    own = np.maximum((np.asarray(extent, float) + np.asarray(patch, float) / 3.0) / patch, floor)
+    own = np.maximum(_rule_per_axis(extent, patch), floor)
     return np.maximum(own, iso / anisotropy)
 
 
